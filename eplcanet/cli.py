@@ -1,0 +1,144 @@
+"""Command line of main_fast.py: the seed's flags, validated before any long work starts."""
+
+from __future__ import annotations
+
+import argparse
+
+from .data import TASKS
+from .energy.activations import ACTIVATIONS
+from .energy.learning import ALGORITHMS
+from .energy.networks import LOSSES, POOLS
+
+MODELS = ("MLP", "CNN", "VFCNN")
+TODOS = ("train", "evaluate", "gducheck")
+OPTIMS = ("sgd", "adam")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main_fast.py",
+        description="Train an energy-based recurrent network with Equilibrium Propagation. "
+        "With no flags: a small EP CNN on scikit-learn's bundled digits (offline).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    # model
+    a("--model", default="CNN", choices=MODELS, help="network family")
+    a("--archi", type=int, nargs="+", default=None,
+      help="MLP layer sizes: input, hidden..., classes (e.g. 64 256 10)")
+    a("--channels", type=int, nargs="+", default=[32, 64], help="conv feature maps per layer")
+    a("--kernels", type=int, nargs="+", default=None, help="conv kernel sizes (default 3 each)")
+    a("--strides", type=int, nargs="+", default=None, help="conv strides (default 1 each)")
+    a("--paddings", type=int, nargs="+", default=None, help="conv paddings (default 1 each)")
+    a("--pools", type=str, default=None,
+      help="one of m (max), a (avg), i (none) per conv layer (default m each)")
+    a("--fc", type=int, nargs="+", default=[10], help="fully connected layers; last = classes")
+    a("--act", default="mysig", choices=sorted(ACTIVATIONS), help="neuron activation")
+    a("--scale", type=float, default=None, help="multiplies the weight initialisation")
+    a("--same-update", action="store_true", help="VFCNN: feedback weights get W's update")
+    # data
+    a("--task", default="digits", choices=TASKS, help="dataset")
+    a("--data-dir", default="./data", help="torchvision dataset root")
+    a("--data-path", default=None, help="the .npz file for --task npz (arrays x, y)")
+    a("--download", action="store_true", help="let torchvision download the dataset")
+    a("--image-size", type=int, default=None, help="resize digits (8x8) to this size")
+    a("--val-fraction", type=float, default=0.1, help="share of training data for validation")
+    a("--data-aug", action="store_true", help="random crops (and flips for colour images)")
+    # algorithm
+    a("--todo", default="train", choices=TODOS, help="what to do")
+    a("--alg", default="EP", choices=ALGORITHMS, help="gradient estimator")
+    a("--T1", type=int, default=20, help="free-phase steps")
+    a("--T2", type=int, default=4, help="nudged-phase steps (BPTT: steps backpropagated)")
+    a("--betas", type=float, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
+    a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
+    a("--thirdphase", action="store_true", help="symmetric estimate: nudge at +beta2 and -beta2")
+    a("--loss", default="mse", choices=LOSSES, help="loss nudging the output")
+    a("--softmax", action="store_true", help="last fc layer is a softmax readout")
+    # optimisation
+    a("--optim", default="sgd", choices=OPTIMS)
+    a("--lrs", type=float, nargs="+", default=None,
+      help="learning rate per synapse layer (default 0.1 sgd / 1e-3 adam, each)")
+    a("--wds", type=float, nargs="+", default=None, help="weight decay per synapse layer")
+    a("--mmt", type=float, default=0.9, help="SGD momentum")
+    a("--lr-decay", action="store_true", help="cosine learning-rate decay over the epochs")
+    a("--epochs", type=int, default=20)
+    a("--mbs", type=int, default=32, help="minibatch size")
+    # run
+    a("--device", default="0", help="cuda index, 'cuda', 'cuda:N' or 'cpu' (cpu if no GPU)")
+    a("--seed", type=int, default=0)
+    a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
+    a("--results-dir", default="./results", help="where run directories go")
+    a("--load-path", default=None, help="run directory to resume (train) or evaluate")
+    a("--check-thm", action="store_true", help="train: run the GDU check at each epoch end")
+    a("--gdu-batch", type=int, default=8, help="gducheck: number of samples")
+    return p
+
+
+def _expand(name: str, values, n: int, default):
+    if values is None:
+        return [default] * n
+    if len(values) != n:
+        raise SystemExit(
+            f"error: --{name} needs {n} value(s), one per conv layer (--channels has {n}), "
+            f"got {len(values)}: {values}"
+        )
+    return list(values)
+
+
+def n_synapses(args) -> int:
+    """Number of synapse layers (each gets one --lrs / --wds entry)."""
+    if args.model == "MLP":
+        return len(args.archi) - 1 if args.archi else len(args.fc)
+    return len(args.channels) + len(args.fc)
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults that depend on other flags and refuse inconsistent combinations.
+
+    Raises SystemExit with a message saying what to give, before any data is loaded.
+    """
+    if args.model != "MLP":
+        n = len(args.channels)
+        args.kernels = _expand("kernels", args.kernels, n, 3)
+        args.strides = _expand("strides", args.strides, n, 1)
+        args.paddings = _expand("paddings", args.paddings, n, 1)
+        if args.pools is None:
+            args.pools = "m" * n
+        if len(args.pools) != n or any(c not in POOLS for c in args.pools):
+            raise SystemExit(
+                f"error: --pools needs one of 'm', 'a', 'i' per conv layer ({n}), got {args.pools!r}"
+            )
+    elif args.archi is not None and len(args.archi) < 2:
+        raise SystemExit("error: --archi needs the input size and at least the output size")
+    n = n_synapses(args)
+    default_lr = 0.1 if args.optim == "sgd" else 1e-3
+    for name, default in (("lrs", default_lr), ("wds", 0.0)):
+        values = getattr(args, name)
+        if values is None:
+            setattr(args, name, [default] * n)
+        elif len(values) != n:
+            raise SystemExit(
+                f"error: --{name} needs {n} value(s), one per synapse layer "
+                f"({'conv + fc' if args.model != 'MLP' else 'MLP layers'}), got {len(values)}"
+            )
+    for name in ("T1", "T2", "epochs", "mbs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.alg == "BPTT" and args.T2 > args.T1:
+        raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "
+                         f"(T1={args.T1}, T2={args.T2})")
+    if args.betas[0] == args.betas[1]:
+        raise SystemExit(f"error: --betas must differ, got {args.betas}")
+    if args.task == "npz" and not args.data_path:
+        raise SystemExit("error: --task npz needs --data-path FILE.npz (arrays x and y)")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise SystemExit(f"error: --val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.todo == "evaluate" and not args.load_path:
+        raise SystemExit("error: --todo evaluate needs --load-path RUN_DIR")
+    if args.same_update and args.model != "VFCNN":
+        raise SystemExit("error: --same-update only applies to --model VFCNN")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return validate(build_parser().parse_args(argv))

@@ -1,0 +1,183 @@
+"""Gradient estimators: Equilibrium Propagation (one-sided, random sign, symmetric), BPTT, and
+the GDU check that compares them step by step.
+
+Every estimator leaves an estimate of dLoss/dtheta in the parameters' ``.grad``, so any torch
+optimizer performs the update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .dynamics import relax
+from .networks import EnergyNet, VF_CNN
+
+ALGORITHMS = ("EP", "BPTT")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Relaxation schedule: T1 free steps at betas[0], T2 nudged steps at betas[1]."""
+
+    T1: int
+    T2: int
+    betas: tuple[float, float]
+    random_sign: bool = False
+    thirdphase: bool = False
+
+    def __post_init__(self) -> None:
+        if self.T1 < 1 or self.T2 < 1:
+            raise ValueError(f"T1 and T2 must be >= 1, got T1={self.T1}, T2={self.T2}")
+        if self.betas[1] == self.betas[0]:
+            raise ValueError(f"the two betas must differ, got {self.betas}")
+
+
+def _params(net: EnergyNet) -> list[torch.nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _write_grads(net: EnergyNet, grads) -> None:
+    for p, g in zip(_params(net), grads):
+        p.grad = torch.zeros_like(p) if g is None else g.detach()
+    if isinstance(net, VF_CNN) and net.same_update:
+        for i in range(1, len(net.feedback)):
+            net.feedback[i].weight.grad = net.synapses[i].weight.grad.clone()
+
+
+def phi_param_grads(
+    net: EnergyNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    states_a: list[torch.Tensor],
+    beta_a: float,
+    states_b: list[torch.Tensor],
+    beta_b: float,
+) -> tuple[torch.Tensor | None, ...]:
+    """EP estimate of dLoss/dtheta from two equilibria at betas a and b (batch mean):
+
+        -(dPhi/dtheta(s_b; beta_b) - dPhi/dtheta(s_a; beta_a)) / (beta_b - beta_a).
+    """
+    with torch.enable_grad():
+        sa = [s.detach() for s in states_a]
+        sb = [s.detach() for s in states_b]
+        diff = net.phi(x, sa, beta_a, y).mean() - net.phi(x, sb, beta_b, y).mean()
+        return torch.autograd.grad(diff / (beta_b - beta_a), _params(net), allow_unused=True)
+
+
+def free_phase(net: EnergyNet, x: torch.Tensor, steps: int, beta: float = 0.0, y=None):
+    """(drive, states) after `steps` free steps from zero states, without an autograd graph."""
+    with torch.no_grad():
+        drive = net.input_drive(x)
+        states = relax(net, drive, net.init_states(x.shape[0]), steps, beta, y)
+    return drive, states
+
+
+def ep_grads(
+    net: EnergyNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    phases: Phases,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Run the EP phases on a minibatch, write the estimate to ``.grad``; return the free states.
+
+    One-sided: free equilibrium at beta1 vs nudged at beta2 (its sign drawn at random per minibatch
+    with ``random_sign``). Symmetric (``thirdphase``): nudged at +beta2 vs nudged at -beta2, both
+    started from the free equilibrium; this cancels the first-order bias of the estimate.
+    """
+    b1, b2 = phases.betas
+    drive, free = free_phase(net, x, phases.T1, b1, y)
+    if phases.random_sign and b1 == 0.0:
+        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
+        b2 = sign * b2
+    with torch.no_grad():
+        plus = relax(net, drive, free, phases.T2, b2, y)
+        if phases.thirdphase:
+            minus = relax(net, drive, free, phases.T2, -b2, y)
+    if phases.thirdphase:
+        grads = phi_param_grads(net, x, y, minus, -b2, plus, b2)
+    else:
+        grads = phi_param_grads(net, x, y, free, b1, plus, b2)
+    _write_grads(net, grads)
+    return free
+
+
+def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases):
+    """Backprop through the last T2 of T1 free steps (truncated BPTT); write grads; return states."""
+    with torch.no_grad():
+        drive = net.input_drive(x)
+        states = relax(net, drive, net.init_states(x.shape[0]), phases.T1 - phases.T2)
+    with torch.enable_grad():
+        drive = net.input_drive(x)
+        states = relax(net, drive, states, phases.T2)
+        loss = net.loss_per_sample(states, y).mean()
+        grads = torch.autograd.grad(loss, _params(net), allow_unused=True)
+    _write_grads(net, grads)
+    return [s.detach() for s in states]
+
+
+def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None):
+    """Dispatch on --alg; returns the free states (for the running accuracy)."""
+    if alg == "EP":
+        return ep_grads(net, x, y, phases, generator)
+    if alg == "BPTT":
+        return bptt_grads(net, x, y, phases)
+    raise ValueError(f"unknown algorithm {alg!r}; accepted: {', '.join(ALGORITHMS)}")
+
+
+# --------------------------------------------------------------------------------- GDU check
+def gdu_traces(
+    net: EnergyNet, x: torch.Tensor, y: torch.Tensor, T1: int, T2: int, beta: float
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Cumulative EP estimates and truncated-BPTT gradients for k = 1 .. T2 steps.
+
+    Starting from the free equilibrium s* (T1 steps), the GDU theorem states that the EP estimate
+    after k nudged steps, -(dPhi/dtheta(s_k^beta) - dPhi/dtheta(s*))/beta, approaches the BPTT
+    gradient of the loss backpropagated through the last k steps of the free phase as beta -> 0.
+    Returns, per parameter name, tensors (T2, *param.shape) for "bptt", "ep_onesided" and
+    "ep_symmetric" (the latter from the +beta and -beta trajectories).
+    """
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    params = _params(net)
+    drive, s_star = free_phase(net, x, T1)
+    out = {n: {"bptt": [], "ep_onesided": [], "ep_symmetric": []} for n in names}
+    plus, minus = s_star, s_star
+    for k in range(1, T2 + 1):
+        with torch.enable_grad():
+            d = net.input_drive(x)
+            s = relax(net, d, [t.detach() for t in s_star], k)
+            loss = net.loss_per_sample(s, y).mean()
+            g_bptt = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            plus = relax(net, drive, plus, 1, beta, y)
+            minus = relax(net, drive, minus, 1, -beta, y)
+        g_one = phi_param_grads(net, x, y, s_star, 0.0, plus, beta)
+        g_sym = phi_param_grads(net, x, y, minus, -beta, plus, beta)
+        for n, p, a, b, c in zip(names, params, g_bptt, g_one, g_sym):
+            for key, g in (("bptt", a), ("ep_onesided", b), ("ep_symmetric", c)):
+                out[n][key].append(torch.zeros_like(p) if g is None else g.detach())
+    return {n: {k: torch.stack(v) for k, v in d.items()} for n, d in out.items()}
+
+
+def gdu_metrics(traces: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, dict]]:
+    """Per parameter and EP variant: relative RMSE over the trajectory, sign agreement and cosine
+    similarity of the final (k = T2) estimate with BPTT."""
+    result = {}
+    for name, tr in traces.items():
+        g = tr["bptt"]
+        result[name] = {}
+        for key in ("ep_onesided", "ep_symmetric"):
+            e = tr[key]
+            scale = torch.maximum(e.norm(), g.norm()).clamp_min(1e-30)
+            fe, fg = e[-1].flatten(), g[-1].flatten()
+            cos = (fe @ fg) / (fe.norm() * fg.norm()).clamp_min(1e-30)
+            nz = (fe != 0) | (fg != 0)
+            agree = ((torch.sign(fe) == torch.sign(fg)) & nz).sum() / nz.sum().clamp_min(1)
+            result[name][key] = {
+                "rel_rmse": float((e - g).norm() / scale),
+                "sign_agreement": float(agree),
+                "cosine": float(cos),
+            }
+    return result

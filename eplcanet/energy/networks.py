@@ -1,0 +1,350 @@
+"""Layered energy-based networks: the primitive function Phi and its closed-form gradient.
+
+A network has states s_0 .. s_{L-1} (one tensor per layer, batch first) driven by a fixed input x.
+Synapse i maps s_{i-1} (x for i = 0) to s_i: a convolution followed by a pooling ('m' max,
+'a' average, 'i' identity; 2x2, stride 2) for the first len(channels) layers, then linear layers.
+The primitive function, per sample, is
+
+    Phi(x, s; beta, y) = sum_conv <Pool(W_i * s_{i-1} + b_i), s_i> + sum_fc <W_i s_{i-1} + b_i, s_i>
+                         - beta * L(output(s), y)
+
+and the dynamics (``eplcanet.energy.dynamics``) iterate s <- sigma(dPhi/ds). dPhi/ds_i is computed
+in closed form: the bottom-up term Pool(W_i * s_{i-1}) plus the top-down term from s_{i+1}, a
+transposed convolution of s_{i+1} unpooled with the max-pool indices of the bottom-up pass
+(or W^T s_{i+1} for linear synapses). No autograd graph is built per step. Phi itself is used with
+autograd only once per phase, for the parameter gradients of the EP estimator.
+
+With ``softmax=True`` the last linear synapse is a readout, not a layer of neurons: the output is
+softmax(W s_{L-1} + b) and the nudge acts on the penultimate layer through W.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import get_activation
+
+POOLS = ("m", "a", "i")
+LOSSES = ("mse", "cel")
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def scaled_init_(module: nn.Module, scale: float | None) -> None:
+    """PyTorch's default init of conv/linear layers, multiplied by `scale` (the seed's --scale)."""
+    if scale is None:
+        return
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                m.weight.mul_(scale)
+                if m.bias is not None:
+                    m.bias.mul_(scale)
+
+
+class EnergyNet(nn.Module):
+    """A layered Hopfield-like network (convolutional layers, then fully connected layers).
+
+    Args:
+        in_shape: input shape without batch, (C, H, W) for conv nets or (D,) for MLPs.
+        channels: output channels of the conv synapses (empty for an MLP).
+        kernels, strides, paddings: one per conv synapse.
+        pools: one character per conv synapse among 'm', 'a', 'i'.
+        fc: output sizes of the linear synapses; the last one is the number of classes.
+        act: activation name (see ``activations.ACTIVATIONS``).
+        softmax: the last linear synapse is a softmax readout instead of a neuron layer.
+        loss: 'mse' (0.5 ||out - onehot||^2) or 'cel' (cross-entropy on the logits).
+        scale: multiplies the default initialisation (None keeps it).
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        channels: list[int],
+        kernels: list[int],
+        strides: list[int],
+        paddings: list[int],
+        pools: str,
+        fc: list[int],
+        act: str = "mysig",
+        softmax: bool = False,
+        loss: str = "mse",
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        n_conv = len(channels)
+        for name, val in (("kernels", kernels), ("strides", strides), ("paddings", paddings)):
+            if len(val) != n_conv:
+                raise ValueError(f"{name} needs one value per conv layer ({n_conv}), got {val}")
+        if len(pools) != n_conv or any(p not in POOLS for p in pools):
+            raise ValueError(
+                f"pools must have one of 'm', 'a', 'i' per conv layer ({n_conv}), got {pools!r}"
+            )
+        if not fc:
+            raise ValueError("fc must name at least the output layer size (e.g. --fc 10)")
+        if softmax and len(fc) + n_conv < 2:
+            raise ValueError("softmax needs a layer of neurons before the readout")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
+        if n_conv and len(in_shape) != 3:
+            raise ValueError(f"a conv net needs a (C, H, W) input shape, got {in_shape}")
+        self.in_shape = tuple(in_shape)
+        self.pools = pools
+        self.act_name = act
+        self.act = get_activation(act)
+        self.softmax = softmax
+        self.loss = loss
+        self.n_classes = fc[-1]
+        self.n_conv = n_conv
+
+        synapses: list[nn.Module] = []
+        shapes: list[tuple[int, ...]] = []
+        if n_conv:
+            c, h, w = in_shape
+            for c_out, k, s, p, pool in zip(channels, kernels, strides, paddings, pools):
+                synapses.append(nn.Conv2d(c, c_out, k, s, p))
+                h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+                if pool != "i":
+                    h, w = h // 2, w // 2
+                if h < 1 or w < 1:
+                    raise ValueError(
+                        f"conv layer {len(shapes)} leaves no spatial extent for input {in_shape}: "
+                        "use fewer pools, smaller strides or more padding"
+                    )
+                c = c_out
+                shapes.append((c_out, h, w))
+            d = c * h * w
+        else:
+            d = math.prod(in_shape)
+        for n_out in fc:
+            synapses.append(nn.Linear(d, n_out))
+            shapes.append((n_out,))
+            d = n_out
+        self.synapses = nn.ModuleList(synapses)
+        # The readout is a synapse without a layer of neurons behind it.
+        self.state_shapes = shapes[:-1] if softmax else shapes
+        scaled_init_(self, scale)
+
+    # ----------------------------------------------------------------------------- states
+    @property
+    def n_states(self) -> int:
+        return len(self.state_shapes)
+
+    def init_states(self, batch: int, device=None, dtype=None) -> list[torch.Tensor]:
+        """Zero states, one (batch, *shape) tensor per layer."""
+        p = self.synapses[0].weight
+        device = p.device if device is None else device
+        dtype = p.dtype if dtype is None else dtype
+        return [torch.zeros(batch, *s, device=device, dtype=dtype) for s in self.state_shapes]
+
+    # ----------------------------------------------------------------------------- pieces
+    def _pool(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kind = self.pools[i]
+        if kind == "m":
+            return F.max_pool2d(h, 2, 2, return_indices=True)
+        if kind == "a":
+            return F.avg_pool2d(h, 2, 2), None
+        return h, None
+
+    def _unpool(self, i: int, s: torch.Tensor, idx, h_shape) -> torch.Tensor:
+        """The adjoint of synapse i's pooling, applied to s (of the pooled shape)."""
+        kind = self.pools[i]
+        if kind == "m":
+            return F.max_unpool2d(s, idx, 2, 2, output_size=h_shape[-2:])
+        if kind == "a":
+            up = F.interpolate(s, scale_factor=2, mode="nearest") * 0.25
+            dh, dw = h_shape[-2] - up.shape[-2], h_shape[-1] - up.shape[-1]
+            return F.pad(up, (0, dw, 0, dh)) if dh or dw else up
+        return s
+
+    @staticmethod
+    def _conv_t(g: torch.Tensor, conv: nn.Conv2d, out_hw) -> torch.Tensor:
+        """The adjoint of `conv` (without bias) applied to g, sized to out_hw."""
+        k, s, p = conv.kernel_size, conv.stride, conv.padding
+        op = [out_hw[d] - ((g.shape[2 + d] - 1) * s[d] - 2 * p[d] + k[d]) for d in range(2)]
+        return F.conv_transpose2d(g, conv.weight, None, s, p, tuple(op))
+
+    def input_drive(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottom-up drive of the first layer, Pool(W_0 * x + b_0): constant during relaxation."""
+        if self.n_conv:
+            return self._pool(0, self.synapses[0](x))[0]
+        return self.synapses[0](x.flatten(1))
+
+    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
+        """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1."""
+        conv = self.synapses[i]
+        h = conv(s_prev)
+        pooled, idx = self._pool(i, h)
+        down = self._conv_t(self._unpool(i, s_i, idx, h.shape), conv, s_prev.shape[-2:])
+        return pooled, down
+
+    def _fc_feedback_weight(self, i: int) -> torch.Tensor:
+        return self.synapses[i].weight
+
+    def output(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (softmax readout) or the output layer's state, (batch, n_classes)."""
+        if self.softmax:
+            return self.synapses[-1](states[-1].flatten(1))
+        return states[-1]
+
+    def loss_per_sample(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """L(output(s), y) per sample, (batch,)."""
+        out = self.output(states)
+        if self.loss == "cel":
+            return F.cross_entropy(out, y, reduction="none")
+        p = F.softmax(out, dim=1) if self.softmax else out
+        return 0.5 * (p - F.one_hot(y, self.n_classes).to(p.dtype)).pow(2).sum(1)
+
+    def _loss_grad(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """dL/ds_{L-1} per sample in closed form, shaped like the last state."""
+        out = self.output(states)
+        target = F.one_hot(y, self.n_classes).to(out.dtype)
+        if self.loss == "cel":
+            g = F.softmax(out, dim=1) - target
+        elif self.softmax:
+            p = F.softmax(out, dim=1)
+            e = p - target
+            g = p * (e - (p * e).sum(1, keepdim=True))  # softmax Jacobian applied to e
+        else:
+            return out - target
+        if self.softmax:
+            return (g @ self.synapses[-1].weight).view_as(states[-1])
+        return g
+
+    # ----------------------------------------------------------------------------- energy
+    def phi(
+        self,
+        x: torch.Tensor,
+        states: list[torch.Tensor],
+        beta: float = 0.0,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The primitive function Phi per sample, (batch,). Differentiable in states and params."""
+        total = x.new_zeros(x.shape[0])
+        for i, s_i in enumerate(states):
+            inp = x if i == 0 else states[i - 1]
+            if i < self.n_conv:
+                drive = self._pool(i, self.synapses[i](inp))[0]
+            else:
+                drive = self.synapses[i](inp.flatten(1))
+            total = total + (drive * s_i).flatten(1).sum(1)
+        if beta != 0.0:
+            total = total - beta * self.loss_per_sample(states, y)
+        return total
+
+    def phi_grad_states(
+        self,
+        drive: torch.Tensor,
+        states: list[torch.Tensor],
+        beta: float = 0.0,
+        y: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """dPhi/ds_i for every layer, in closed form; `drive` is ``input_drive(x)``."""
+        grads: list[torch.Tensor] = [drive]
+        downs: list[torch.Tensor | None] = [None] * len(states)
+        for i in range(1, len(states)):
+            s_prev = states[i - 1]
+            if i < self.n_conv:
+                up, downs[i - 1] = self._conv_synapse(i, s_prev, states[i])
+            else:
+                up = self.synapses[i](s_prev.flatten(1))
+                w = self._fc_feedback_weight(i)
+                downs[i - 1] = (states[i] @ w).view_as(s_prev)
+            grads.append(up)
+        if beta != 0.0:
+            nudge = -beta * self._loss_grad(states, y)
+            downs[-1] = nudge if downs[-1] is None else downs[-1] + nudge
+        return [g if d is None else g + d for g, d in zip(grads, downs)]
+
+    def predict(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """Predicted class per sample, (batch,)."""
+        return self.output(states).argmax(1)
+
+    def synapse_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped per synapse (for the layer-wise --lrs / --wds)."""
+        return [list(s.parameters()) for s in self.synapses]
+
+
+class P_MLP(EnergyNet):
+    """Fully connected EP network; `archi` = [input size, hidden sizes..., n_classes]."""
+
+    def __init__(self, archi: list[int], act: str = "mysig", softmax: bool = False,
+                 loss: str = "mse", scale: float | None = None) -> None:
+        if len(archi) < 2:
+            raise ValueError(f"archi needs an input size and at least one layer, got {archi}")
+        super().__init__((archi[0],), [], [], [], [], "", list(archi[1:]), act, softmax, loss, scale)
+
+
+class P_CNN(EnergyNet):
+    """Convolutional EP network with symmetric (tied) forward and feedback weights."""
+
+
+class VF_CNN(EnergyNet):
+    """Convolutional network with separate feedback weights B (a vector field, not a gradient).
+
+    Layer i-1 receives top-down input through its own feedback synapse B_i: the transposed
+    convolution of s_i unpooled at the max positions of Pool(B_i * s_{i-1}). Its energy-like
+    function is Phi plus, for every synapse i >= 1, <Pool(B_i * s_{i-1}), s_i>; the EP estimator
+    applied to it updates W from the forward terms and B from the feedback terms, or gives B
+    W's update when `same_update` is set.
+    """
+
+    def __init__(self, *args, same_update: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.same_update = same_update
+        n_fb = self.n_states  # synapses 1 .. n_states-1 have feedback; index 0 is unused
+        feedback: list[nn.Module] = [nn.Identity()]
+        for i in range(1, n_fb):
+            src = self.synapses[i]
+            if isinstance(src, nn.Conv2d):
+                fb = nn.Conv2d(src.in_channels, src.out_channels, src.kernel_size, src.stride,
+                               src.padding, bias=False)
+            else:
+                fb = nn.Linear(src.in_features, src.out_features, bias=False)
+            feedback.append(fb)
+        self.feedback = nn.ModuleList(feedback)
+        scale = kwargs.get("scale")
+        scaled_init_(self.feedback, scale)
+
+    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
+        conv, fb = self.synapses[i], self.feedback[i]
+        pooled = self._pool(i, conv(s_prev))[0]
+        h_b = fb(s_prev)
+        _, idx = self._pool(i, h_b)
+        down = self._conv_t(self._unpool(i, s_i, idx, h_b.shape), fb, s_prev.shape[-2:])
+        return pooled, down
+
+    def _fc_feedback_weight(self, i: int) -> torch.Tensor:
+        return self.feedback[i].weight
+
+    def phi(self, x, states, beta=0.0, y=None):
+        total = super().phi(x, states, beta, y)
+        for i in range(1, len(states)):
+            fb, s_prev = self.feedback[i], states[i - 1]
+            if i < self.n_conv:
+                drive = self._pool(i, fb(s_prev))[0]
+            else:
+                drive = fb(s_prev.flatten(1))
+            total = total + (drive * states[i]).flatten(1).sum(1)
+        return total
+
+    def synapse_groups(self) -> list[list[nn.Parameter]]:
+        groups = super().synapse_groups()
+        for i in range(1, len(self.feedback)):
+            groups[i] = groups[i] + list(self.feedback[i].parameters())
+        return groups
+
+    def angles(self) -> dict[int, float]:
+        """Angle in degrees between forward and feedback weights, per synapse with feedback."""
+        out = {}
+        for i in range(1, len(self.feedback)):
+            w, b = self.synapses[i].weight.flatten(), self.feedback[i].weight.flatten()
+            cos = (w @ b) / (w.norm() * b.norm()).clamp_min(1e-30)
+            out[i] = math.degrees(math.acos(float(cos.clamp(-1, 1))))
+        return out

@@ -1,0 +1,194 @@
+"""Builds a model, data, optimizer and run directory from parsed flags and runs --todo."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import plots, runs
+from .data import load_task, make_loader
+from .energy.learning import Phases, gdu_metrics, gdu_traces
+from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
+from .train import evaluate, train_epoch
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or a bare index N; falls back to the CPU with a message."""
+    spec = str(spec)
+    if spec == "cpu":
+        return torch.device("cpu")
+    name = f"cuda:{spec}" if spec.isdigit() else spec
+    if not name.startswith("cuda"):
+        raise SystemExit(f"error: --device must be 'cpu', 'cuda', 'cuda:N' or N, got {spec!r}")
+    if not torch.cuda.is_available():
+        print(f"note: --device {spec} asked for a GPU but CUDA is not available; using the CPU")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random: two CPU runs with the same seed give identical metrics."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
+    """The network named by --model for inputs of shape in_shape (C, H, W)."""
+    if args.fc[-1] != n_classes and args.model != "MLP":
+        raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
+                         f"classes of --task {args.task} ({n_classes})")
+    common = dict(act=args.act, softmax=args.softmax, loss=args.loss, scale=args.scale)
+    if args.model == "MLP":
+        d = int(np.prod(in_shape))
+        archi = args.archi if args.archi else [d, *args.fc]
+        if archi[0] != d or archi[-1] != n_classes:
+            raise SystemExit(f"error: --archi must start with the input size {d} and end with "
+                             f"the number of classes {n_classes}, got {archi}")
+        return P_MLP(archi, **common)
+    conv = (in_shape, args.channels, args.kernels, args.strides, args.paddings, args.pools,
+            args.fc)
+    if args.model == "VFCNN":
+        return VF_CNN(*conv, same_update=args.same_update, **common)
+    return P_CNN(*conv, **common)
+
+
+def build_optimizer(args, net: EnergyNet):
+    """Optimizer with one parameter group per synapse layer (--lrs, --wds) and its scheduler."""
+    groups = [
+        {"params": ps, "lr": lr, "weight_decay": wd}
+        for ps, lr, wd in zip(net.synapse_groups(), args.lrs, args.wds)
+    ]
+    if args.optim == "sgd":
+        opt = torch.optim.SGD(groups, lr=args.lrs[0], momentum=args.mmt)
+    else:
+        opt = torch.optim.Adam(groups, lr=args.lrs[0])
+    sched = None
+    if args.lr_decay:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs, eta_min=1e-5)
+    return opt, sched
+
+
+def phases_of(args) -> Phases:
+    return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase)
+
+
+def _run_dir(args) -> Path | None:
+    if args.load_path:
+        return Path(args.load_path)
+    if args.save:
+        return runs.make_run_dir(args.results_dir, args.task, args.alg, args.model)
+    return None
+
+
+def run(args, argv: list[str] | None = None) -> dict:
+    """Execute --todo; returns the final metrics (also written to the run directory)."""
+    argv = sys.argv if argv is None else argv
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    if args.load_path and not (Path(args.load_path) / "checkpoint.pt").is_file():
+        raise SystemExit(f"error: --load-path {args.load_path} has no checkpoint.pt")
+    splits = load_task(args.task, data_dir=args.data_dir, data_path=args.data_path,
+                       download=args.download, val_fraction=args.val_fraction, seed=args.seed,
+                       data_aug=args.data_aug, image_size=args.image_size)
+    in_shape = (splits.in_channels, splits.image_size, splits.image_size)
+    net = build_model(args, in_shape, splits.n_classes).to(device)
+    opt, sched = build_optimizer(args, net)
+    run_dir = _run_dir(args)
+    if args.todo == "train":
+        return _train(args, argv, net, opt, sched, splits, device, run_dir)
+    if args.todo == "evaluate":
+        runs.load_checkpoint(run_dir / "checkpoint.pt", model=net)
+        best = run_dir / "best.pt"
+        if best.is_file():
+            net.load_state_dict(torch.load(best, weights_only=True, map_location=device))
+        test = make_loader(splits.test, args.mbs, shuffle=False)
+        acc = evaluate(net, test, args.T1, device, desc="test")
+        print(f"test accuracy: {100 * acc:.2f}%")
+        return {"test_acc": acc}
+    return _gducheck(args, net, splits, device, run_dir)
+
+
+def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:
+    phases = phases_of(args)
+    start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
+    log = None
+    if run_dir is not None:
+        if args.load_path:
+            state = runs.load_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
+                                         scheduler=sched)
+            start_epoch, best = state["epoch"], state["best"]
+            print(f"resuming {run_dir} after epoch {start_epoch}")
+        else:
+            runs.save_hyperparameters(run_dir, vars(args), argv)
+        log = runs.MetricsLog(run_dir)
+        log.truncate_after(start_epoch)
+        print(f"run directory: {run_dir}")
+    val_loader = make_loader(splits.val, args.mbs, shuffle=False)
+    test_loader = make_loader(splits.test, args.mbs, shuffle=False)
+    metrics: dict = {}
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        loader = make_loader(splits.train, args.mbs, shuffle=True, seed=args.seed, epoch=epoch)
+        stats, states = train_epoch(net, opt, loader, args.alg, phases, device,
+                                    desc=f"epoch {epoch}/{args.epochs}")
+        if sched is not None:
+            sched.step()
+        net.eval()
+        val_acc = evaluate(net, val_loader, args.T1, device, "val") if len(splits.val) else 0.0
+        test_acc = evaluate(net, test_loader, args.T1, device, "test")
+        metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
+                       seconds=time.perf_counter() - t0)
+        print(f"epoch {epoch}: loss {stats['train_loss']:.4f} train {100 * stats['train_acc']:.2f}%"
+              f" val {100 * val_acc:.2f}% test {100 * test_acc:.2f}% ({metrics['seconds']:.1f}s)")
+        improved = val_acc > best["val_acc"]
+        if improved:
+            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
+        if run_dir is not None:
+            log.append(**metrics)
+            if improved:
+                runs.save_state_dict(run_dir / "best.pt", net)
+            runs.save_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
+                                 scheduler=sched, epoch=epoch, best=best)
+            plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
+            plots.plot_neural_activity(states, run_dir / "neural_activity.png")
+            if args.check_thm:
+                _gducheck(args, net, splits, device, run_dir)
+    if metrics:
+        print(f"best validation accuracy {100 * best['val_acc']:.2f}% at epoch {best['epoch']} "
+              f"(test accuracy there: {100 * best.get('test_acc', 0):.2f}%)")
+    return {**metrics, "best": best}
+
+
+def _gducheck(args, net, splits, device, run_dir) -> dict:
+    """GDU check on a few training samples: writes gdu.json and per-parameter plots."""
+    loader = make_loader(splits.train, args.gdu_batch, shuffle=True, seed=args.seed)
+    x, y = next(iter(loader))
+    net64 = net.double()
+    traces = gdu_traces(net64, x.to(device).double(), y.to(device), args.T1, args.T2,
+                        args.betas[1])
+    net.float()
+    result = gdu_metrics(traces)
+    for name, variants in result.items():
+        sym = variants["ep_symmetric"]
+        print(f"{name:28s} symmetric EP vs BPTT: cosine {sym['cosine']:.4f} "
+              f"rel RMSE {sym['rel_rmse']:.4f} sign agreement {sym['sign_agreement']:.3f}")
+    out_dir = run_dir if run_dir is not None else Path(args.results_dir) / "gducheck"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(out_dir / "gdu.json", json.dumps(result, indent=2))
+    rng = np.random.default_rng(args.seed)
+    picked = {}
+    for name, tr in traces.items():
+        flat = {k: v.flatten(1).cpu().numpy() for k, v in tr.items()}
+        idx = rng.choice(flat["bptt"].shape[1], size=min(5, flat["bptt"].shape[1]), replace=False)
+        picked[name] = {k: v[:, idx] for k, v in flat.items()}
+    plots.plot_gdu(picked, out_dir)
+    print(f"GDU check written to {out_dir}")
+    return result
