@@ -340,6 +340,7 @@ class VF_CNN(EnergyNet):
             groups[i] = groups[i] + list(self.feedback[i].parameters())
         return groups
 
+    @torch.no_grad()
     def angles(self) -> dict[int, float]:
         """Angle in degrees between forward and feedback weights, per synapse with feedback."""
         out = {}

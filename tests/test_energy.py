@@ -1,0 +1,151 @@
+"""The closed-form dynamics against autograd of Phi, and EP against BPTT (GDU theorem)."""
+
+import pytest
+import torch
+
+from eplcanet.energy.activations import ACTIVATIONS, get_activation
+from eplcanet.energy.dynamics import autograd_step, relax, relax_autograd, step
+from eplcanet.energy.learning import Phases, ep_grads, estimate_grads, gdu_metrics, gdu_traces
+from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
+
+D = torch.float64
+
+
+def _cnn(pools="mm", softmax=False, loss="mse", act="mysig", strides=(1, 1), cls=P_CNN, **kw):
+    fc = [7, 10] if softmax else [10]
+    return cls((2, 9, 9), [4, 6], [3, 3], list(strides), [1, 0], pools, fc, act=act,
+               softmax=softmax, loss=loss, **kw).to(D)
+
+
+def _random_states(net, batch=5):
+    return [torch.rand(batch, *s, dtype=D) for s in net.state_shapes]
+
+
+@pytest.mark.parametrize("pools", ["mm", "aa", "ii", "ma"])
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("loss", ["mse", "cel"])
+def test_closed_form_step_equals_autograd_of_phi(pools, softmax, loss):
+    torch.manual_seed(0)
+    net = _cnn(pools, softmax, loss)
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    s = _random_states(net)
+    for beta in (0.0, 0.7):
+        ours = step(net, net.input_drive(x), s, beta, y)
+        ref = autograd_step(net, x, s, beta, y)
+        for a, b in zip(ours, ref):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_closed_form_with_strides_and_odd_sizes():
+    torch.manual_seed(1)
+    net = P_CNN((1, 13, 13), [3, 5, 4], [3, 2, 3], [2, 1, 1], [1, 1, 0], "iam", [10]).to(D)
+    x, y = torch.rand(3, 1, 13, 13, dtype=D), torch.randint(0, 10, (3,))
+    s = _random_states(net, 3)
+    for a, b in zip(step(net, net.input_drive(x), s, 0.3, y), autograd_step(net, x, s, 0.3, y)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_mlp_closed_form_and_multi_step_relaxation():
+    torch.manual_seed(2)
+    net = P_MLP([20, 15, 12, 10], act="hard_sigmoid", loss="cel").to(D)
+    x, y = torch.rand(4, 20, dtype=D), torch.randint(0, 10, (4,))
+    s0 = net.init_states(4)
+    ours = relax(net, net.input_drive(x), s0, 12, 0.5, y)
+    ref = relax_autograd(net, x, s0, 12, 0.5, y)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_vf_cnn_with_feedback_equal_to_forward_is_the_symmetric_net():
+    torch.manual_seed(3)
+    vf = _cnn(cls=VF_CNN)
+    sym = _cnn()
+    sym.load_state_dict({k: v for k, v in vf.state_dict().items() if k.startswith("synapses")})
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    s = _random_states(vf)
+    a_vf = step(vf, vf.input_drive(x), s, 0.2, y)
+    assert not all(torch.allclose(a, b) for a, b in zip(a_vf, step(sym, sym.input_drive(x), s, 0.2, y)))
+    with torch.no_grad():
+        for i in range(1, len(vf.feedback)):
+            vf.feedback[i].weight.copy_(vf.synapses[i].weight)
+    assert vf.angles()[1] == pytest.approx(0.0, abs=1e-3)
+    for a, b in zip(step(vf, vf.input_drive(x), s, 0.2, y), step(sym, sym.input_drive(x), s, 0.2, y)):
+        torch.testing.assert_close(a, b)
+
+
+def test_vf_same_update_copies_forward_update():
+    torch.manual_seed(4)
+    vf = _cnn(cls=VF_CNN, same_update=True)
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    ep_grads(vf, x, y, Phases(10, 4, (0.0, 0.5)))
+    for i in range(1, len(vf.feedback)):
+        torch.testing.assert_close(vf.feedback[i].weight.grad, vf.synapses[i].weight.grad)
+
+
+@pytest.mark.parametrize("softmax,loss", [(False, "mse"), (True, "cel")])
+def test_symmetric_ep_matches_bptt(softmax, loss):
+    """GDU theorem: with a small beta, symmetric EP updates equal the BPTT gradients."""
+    torch.manual_seed(5)
+    fc = [12, 10] if softmax else [10]
+    net = P_CNN((1, 8, 8), [6, 8], [3, 3], [1, 1], [1, 1], "mm", fc, act="mysig",
+                softmax=softmax, loss=loss).to(D)
+    x, y = torch.rand(6, 1, 8, 8, dtype=D), torch.randint(0, 10, (6,))
+    traces = gdu_traces(net, x, y, T1=150, T2=10, beta=0.005)
+    metrics = gdu_metrics(traces)
+    assert set(metrics) == {n for n, _ in net.named_parameters()}
+    for name, m in metrics.items():
+        assert m["ep_symmetric"]["cosine"] >= 0.99, (name, m)
+        assert m["ep_symmetric"]["rel_rmse"] <= m["ep_onesided"]["rel_rmse"] + 1e-9, (name, m)
+        assert traces[name]["bptt"].shape == (10, *dict(net.named_parameters())[name].shape)
+
+
+def test_ep_estimate_has_the_sign_of_a_descent_direction():
+    """A small SGD step along the EP estimate lowers the loss at the free equilibrium."""
+    torch.manual_seed(6)
+    net = P_MLP([16, 20, 10], act="mysig").to(D)
+    x, y = torch.rand(32, 16, dtype=D), torch.randint(0, 10, (32,))
+    phases = Phases(60, 10, (0.0, 0.05), thirdphase=True)
+
+    def loss():
+        with torch.no_grad():
+            s = relax(net, net.input_drive(x), net.init_states(32), 60)
+            return net.loss_per_sample(s, y).mean().item()
+
+    before = loss()
+    ep_grads(net, x, y, phases)
+    with torch.no_grad():
+        for p in net.parameters():
+            p -= 0.5 * p.grad
+    assert loss() < before
+
+
+def test_estimators_keep_no_graph_and_reject_unknown_algorithm():
+    torch.manual_seed(7)
+    net = _cnn()
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    for alg in ("EP", "BPTT"):
+        states = estimate_grads(net, x, y, alg, Phases(8, 3, (0.0, 0.5), random_sign=True))
+        assert all(not s.requires_grad for s in states)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    with pytest.raises(ValueError, match="accepted: EP, BPTT"):
+        estimate_grads(net, x, y, "CEP", Phases(8, 3, (0.0, 0.5)))
+
+
+def test_activation_formulas():
+    x = torch.linspace(-3, 3, 61, dtype=D)
+    torch.testing.assert_close(ACTIVATIONS["mysig"](x), 1 / (1 + torch.exp(-(4 * x - 2))))
+    torch.testing.assert_close(ACTIVATIONS["my_hard_sig"](x), torch.clamp(x / 2, 0, 1))
+    torch.testing.assert_close(ACTIVATIONS["hard_sigmoid"](x), torch.clamp(x, 0, 1))
+    torch.testing.assert_close(ACTIVATIONS["ctrd_hard_sig"](x), torch.clamp(x, -0.5, 0.5))
+    with pytest.raises(ValueError, match="accepted: .*my_hard_sig"):
+        get_activation("relu6")
+
+
+def test_bad_architectures_are_refused():
+    with pytest.raises(ValueError, match="pools"):
+        P_CNN((1, 8, 8), [4, 4], [3, 3], [1, 1], [1, 1], "mx", [10])
+    with pytest.raises(ValueError, match="kernels"):
+        P_CNN((1, 8, 8), [4, 4], [3], [1, 1], [1, 1], "mm", [10])
+    with pytest.raises(ValueError, match="no spatial extent"):
+        P_CNN((1, 8, 8), [4, 4, 4, 4], [3] * 4, [1] * 4, [1] * 4, "mmmm", [10])
