@@ -1,0 +1,186 @@
+"""Figures of a run: learning curves, neural activity histograms and GDU trajectories.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects and saved directly, without pyplot:
+importing this module selects no backend, opens no window and works on headless nodes (the
+PNGs are rendered by matplotlib's Agg canvas). Every function returns the paths it wrote;
+missing parent directories are created.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from eplcanet.runs import read_metrics
+
+GDU_ESTIMATORS = ("bptt", "ep_onesided", "ep_symmetric")
+# BPTT solid, the EP estimators dashed (symmetric) and dash-dotted (one-sided).
+_GDU_STYLE = {"bptt": "-", "ep_symmetric": "--", "ep_onesided": "-."}
+_GDU_LABEL = {"bptt": "BPTT", "ep_symmetric": "EP symmetric", "ep_onesided": "EP one-sided"}
+
+
+def _target(path: str | Path, default_name: str) -> Path:
+    """path itself, or path/default_name when path is an existing directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_curves(metrics: str | Path | list[dict[str, Any]], path: str | Path) -> Path:
+    """Accuracies (train / val / test) and training loss against epoch, side by side.
+
+    metrics: a metrics.csv (or its run directory) or rows as MetricsLog.rows() returns them:
+    dicts with "epoch" and any of train_acc, val_acc, test_acc, train_loss (None = not
+    measured). path: the PNG, or a directory to write train-test_acc.png into.
+    """
+    rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("metrics must be a metrics.csv path or a non-empty list of row dicts")
+    if not all(isinstance(r, dict) and r.get("epoch") is not None for r in rows):
+        raise ValueError("every metrics row must be a dict with an 'epoch'")
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pairs = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+
+    accuracies = {k: series(k) for k in ("train_acc", "val_acc", "test_acc")}
+    loss = series("train_loss")
+    if not loss[0] and not any(xs for xs, _ in accuracies.values()):
+        raise ValueError("metrics hold no train_loss, train_acc, val_acc or test_acc values")
+
+    fig = Figure(figsize=(10, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for key, (xs, ys) in accuracies.items():
+        if xs:
+            ax_acc.plot(xs, ys, marker="o", markersize=3, label=key.replace("_acc", ""))
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    if ax_acc.lines:
+        ax_acc.legend()
+    if loss[0]:
+        ax_loss.plot(*loss, marker="o", markersize=3, color="tab:red")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    return _save(fig, _target(path, "train-test_acc.png"))
+
+
+def plot_neural_activity(
+    states: Sequence[torch.Tensor], path: str | Path, names: list[str] | None = None
+) -> Path:
+    """One histogram per layer of the neurons' values (e.g. EP states after the free phase).
+
+    states: tensors of any shape, e.g. (batch, C, H, W) or (batch, n); names: one per state
+    (default "layer i"). path: the PNG, or a directory to write neural_activity.png into.
+    """
+    if not isinstance(states, (list, tuple)) or not states:
+        raise ValueError("states must be a non-empty list of tensors")
+    for i, s in enumerate(states):
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(f"states[{i}] must be a torch.Tensor, got {type(s).__name__}")
+        if s.numel() == 0:
+            raise ValueError(f"states[{i}] is empty (shape {tuple(s.shape)})")
+    if names is None:
+        names = [f"layer {i}" for i in range(len(states))]
+    if len(names) != len(states):
+        raise ValueError(f"names has {len(names)} entries but states has {len(states)}")
+
+    cols = min(len(states), 4)
+    rows = math.ceil(len(states) / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, state, name in zip(axes, states, names):
+        values = state.detach().float().cpu().numpy().ravel()
+        ax.hist(values, bins=50, color="tab:blue")
+        ax.set_title(f"{name} {tuple(state.shape)}", fontsize=9)
+        ax.set_xlabel("activation")
+    for ax in axes[len(states) :]:
+        ax.set_visible(False)
+    return _save(fig, _target(path, "neural_activity.png"))
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value, dtype=np.float64)
+    return array[:, None] if array.ndim == 1 else array
+
+
+def plot_gdu(traces: dict[str, dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Gradient trajectories of BPTT against EP (the GDU property), one PNG per parameter.
+
+    traces[name][estimator] is an array (K, n_components) (numpy or torch; (K,) means one
+    component) for estimator in GDU_ESTIMATORS, any of them missing: the chosen components of
+    the parameter's gradient estimate at each of the K time steps of the nudged phase. Each
+    component gets a colour; BPTT is solid, EP dashed (symmetric) or dash-dotted (one-sided).
+    Writes out_dir/gdu_<name>.png (dots and other unsafe characters in name become "_") and
+    returns the paths.
+    """
+    if not isinstance(traces, dict) or not traces:
+        raise ValueError("traces must be a non-empty dict {parameter name: {estimator: array}}")
+    out_dir = Path(out_dir)
+    checked: dict[str, dict[str, np.ndarray]] = {}
+    files: dict[str, str] = {}
+    for name, per_estimator in traces.items():
+        if not isinstance(per_estimator, dict) or not per_estimator:
+            raise ValueError(f"traces[{name!r}] must be a non-empty dict over {GDU_ESTIMATORS}")
+        unknown = set(per_estimator) - set(GDU_ESTIMATORS)
+        if unknown:
+            raise ValueError(
+                f"traces[{name!r}] has unknown estimator(s) {sorted(unknown)}; "
+                f"accepted: {GDU_ESTIMATORS}"
+            )
+        arrays = {k: _as_array(v) for k, v in per_estimator.items()}
+        shapes = {k: a.shape for k, a in arrays.items()}
+        if any(a.ndim != 2 or a.size == 0 for a in arrays.values()):
+            raise ValueError(f"traces[{name!r}] must hold non-empty (K, n_components) arrays")
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"traces[{name!r}] arrays must share one shape, got {shapes}")
+        filename = "gdu_" + re.sub(r"[^A-Za-z0-9_-]", "_", str(name)) + ".png"
+        if filename in files:
+            raise ValueError(f"parameters {files[filename]!r} and {name!r} both map to {filename}")
+        files[filename] = name
+        checked[name] = arrays
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, name in files.items():
+        arrays = checked[name]
+        n_components = next(iter(arrays.values())).shape[1]
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        colours = [f"C{j % 10}" for j in range(n_components)]
+        for estimator in GDU_ESTIMATORS:
+            if estimator not in arrays:
+                continue
+            steps = np.arange(arrays[estimator].shape[0])
+            for j in range(n_components):
+                ax.plot(
+                    steps, arrays[estimator][:, j], _GDU_STYLE[estimator], color=colours[j], lw=1.2
+                )
+        ax.axhline(0.0, color="grey", lw=0.5)
+        handles = [
+            Line2D([], [], color="black", linestyle=_GDU_STYLE[k], label=_GDU_LABEL[k])
+            for k in GDU_ESTIMATORS
+            if k in arrays
+        ]
+        ax.legend(handles=handles, fontsize=8)
+        ax.set(xlabel="time step t", ylabel="gradient estimate", title=str(name))
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, out_dir / filename))
+    return written
