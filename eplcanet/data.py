@@ -349,19 +349,20 @@ def _load_torchvision(
         where = f"{Path(data_dir) / _TORCHVISION_FILES[task]}"
         if task == "SVHN":  # its files lie directly in data_dir
             where = f"{Path(data_dir)} ({_TORCHVISION_FILES[task]})"
-        hint = (
-            "pass --download (download=True) where the network allows, or use --task npz "
-            "--data-path FILE.npz or --task digits, which need no download"
-        )
+        offline = "use --task npz --data-path FILE.npz or --task digits, which need no download"
         if download:
-            raise RuntimeError(f"could not download {task} into {where}: {exc}; {hint}") from exc
+            raise RuntimeError(
+                f"could not download {task} into {where}: {exc}; where the network cannot "
+                f"reach the dataset hosts, {offline}"
+            ) from exc
         raise FileNotFoundError(
             f"{task} files not found (or incomplete) in {where}: torchvision looks for them "
-            f"there (data_dir={str(data_dir)!r}); {hint}"
+            f"there (data_dir={str(data_dir)!r}); pass --download (download=True) where the "
+            f"network allows, or {offline}"
         ) from exc
     except OSError as exc:  # network failures while downloading
         raise RuntimeError(
-            f"could not download {task} into {data_dir}: {exc}; use --task npz or digits"
+            f"could not download {task} into {data_dir}: {exc}; use --task npz or --task digits"
         ) from exc
     if task in ("MNIST", "FashionMNIST"):
         images = ds.data.unsqueeze(1)
