@@ -1,0 +1,20 @@
+"""Sparse coding: LCA layers and matching pursuit, usable on their own like any torch.nn layer."""
+
+# This module only re-exports the public names of the submodules.
+# ruff: noqa: F401
+
+from .analysis import feature_grid, save_feature_grid
+from .base import SparseCoder
+from .io import DictionaryFileError, load_dictionary, save_dictionary
+from .lca import RETURN_VARS, SOLVERS, LCAConv1D, LCAConv2D, LCAConv3D, LCALinear
+from .metrics import (
+    energy_per_sample,
+    frac_active,
+    l1_sparsity,
+    l2_error,
+    r_squared,
+    times_active_by_feature,
+    total_energy,
+)
+from .preproc import ZCAWhitener, make_unit_var, make_zero_mean, zca_whiten
+from .transfer import hard_threshold, soft_threshold
