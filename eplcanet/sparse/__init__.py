@@ -17,4 +17,5 @@ from .metrics import (
     total_energy,
 )
 from .preproc import ZCAWhitener, make_unit_var, make_zero_mean, zca_whiten
+from .pursuit import ConvMP2D, MpSAE, matching_pursuit, mp_revive_loss
 from .transfer import hard_threshold, soft_threshold
