@@ -374,7 +374,7 @@ def explicit_dictionary(mp: ConvMP2D, height: int, width: int) -> torch.Tensor:
     """Every (atom, position) as one row: the conv dictionary written out as a matrix."""
     hc, wc = mp.code_shape(height, width)
     eye = torch.eye(mp.out_neurons * hc * wc, dtype=mp.weights.dtype)
-    recon = mp.decode(eye.view(-1, mp.out_neurons, hc, wc), input_size=(height, width))
+    recon = mp.decode(eye.view(-1, mp.out_neurons, hc, wc), output_size=(height, width))
     return recon.flatten(1)
 
 
@@ -448,7 +448,7 @@ def test_conv_recovers_planted_nonoverlapping_atoms():
     planted = torch.zeros(2, 4, 3, 3, dtype=DT)
     planted[0, 1, 0, 2], planted[0, 3, 2, 2], planted[0, 0, 1, 1] = 3.0, -2.0, 1.0
     planted[1, 2, 1, 0], planted[1, 0, 0, 0], planted[1, 3, 2, 1] = -4.0, 2.5, 0.5
-    x = mp.decode(planted, input_size=(9, 9))
+    x = mp.decode(planted, output_size=(9, 9))
     residual, codes = mp.encode(x)
     torch.testing.assert_close(codes, planted, rtol=0, atol=1e-12)
     assert residual.abs().max() < 1e-12
@@ -481,3 +481,9 @@ def test_conv_mp_swaps_with_lca_layer():
     codes = mp.code(x)
     torch.testing.assert_close(layer.decode(codes), mp.decode(codes), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.residual(x, codes), mp.residual(x, codes))
+    odd = torch.randn(2, 3, 15, 15)  # stride 2: the size must be passed to reconstruct it
+    codes = mp.code(odd)
+    assert codes.shape == layer.code_shape(odd.shape)
+    torch.testing.assert_close(
+        layer.decode(codes, output_size=(15, 15)), mp.decode(codes, output_size=(15, 15))
+    )

@@ -26,6 +26,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .base import SparseCoder
+from .metrics import times_active_by_feature
 
 SELECTIONS = ("relu", "abs", "signed")
 PADS = ("same", "valid")
@@ -116,7 +117,7 @@ def _hebbian_step(weights: torch.Tensor, dw: torch.Tensor, codes: torch.Tensor, 
     dw has the weights' shape (codes correlated with the residual); codes have the atoms on
     dim 1. Dividing by how often an atom fired keeps frequently used atoms from running away.
     """
-    times_active = (codes != 0).transpose(0, 1).flatten(1).sum(1).to(weights.dtype)
+    times_active = times_active_by_feature(codes).to(weights.dtype)
     scale = eta / (times_active + 1)
     weights.add_(dw * scale.view(-1, *([1] * (weights.dim() - 1))))
     weights.copy_(_unit_norm(weights))
@@ -704,22 +705,23 @@ class ConvMP2D(SparseCoder):
         return self.code(x)
 
     def decode(
-        self, codes: torch.Tensor, input_size: tuple[int, int] | None = None
+        self, codes: torch.Tensor, output_size: tuple[int, int] | None = None
     ) -> torch.Tensor:
-        """D(a) = conv_transpose2d(codes, weights, ...) of shape (batch, C, H, W).
+        """D(a) = conv_transpose2d(codes, weights, ...) of shape (batch, C, *output_size).
 
-        input_size (H, W) picks the output_padding; by default H = H_code * stride for 'same'
-        and the smallest size the codes fit for 'valid' (strides > 1 leave it ambiguous).
+        output_size (H, W) is the input's size and picks the output_padding; by default
+        H = H_code * stride for 'same' and (H_code - 1) * stride + kernel_size for 'valid'
+        (strides > 1 leave it ambiguous). Same rule and argument as LCAConv2D.decode.
         """
         hc, wc = codes.shape[-2:]
-        if input_size is None:
+        if output_size is None:
             if self.pad == "same":
-                input_size = (hc * self.stride, wc * self.stride)
+                output_size = (hc * self.stride, wc * self.stride)
             else:
-                input_size = tuple((n - 1) * self.stride + self.kernel_size for n in (hc, wc))
+                output_size = tuple((n - 1) * self.stride + self.kernel_size for n in (hc, wc))
         op = tuple(
             recon_output_padding(n, c, self.kernel_size, self.stride, self.padding)
-            for n, c in zip(input_size, (hc, wc))
+            for n, c in zip(output_size, (hc, wc))
         )
         return F.conv_transpose2d(
             codes, self.weights, stride=self.stride, padding=self.padding, output_padding=op
@@ -727,7 +729,7 @@ class ConvMP2D(SparseCoder):
 
     def residual(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """x - D(a), reconstructed at x's size."""
-        return x - self.decode(codes, input_size=tuple(x.shape[-2:]))
+        return x - self.decode(codes, output_size=tuple(x.shape[-2:]))
 
     def update_dictionary(self, codes: torch.Tensor, residual: torch.Tensor) -> None:
         """Hebbian step Phi += eta * (codes correlated with residual) / (times_active + 1).
