@@ -713,7 +713,7 @@ class _LCABase(SparseCoder):
 
         def converged(it: int, res: Tensor, acts: Tensor) -> bool:
             nonlocal prev_energy
-            if self.tol is None or it % self.check_every:
+            if self.tol is None or it == 0 or it % self.check_every:
                 return False
             e = float(energy_sum(res, acts))  # the only host sync, once per check_every
             done = prev_energy is not None and abs(prev_energy - e) <= self.tol * abs(e)
@@ -729,12 +729,12 @@ class _LCABase(SparseCoder):
             u = u.contiguous(memory_format=mf)
             a = self.transfer(u)
             rate = 1.0 / self.tau
-            for it in range(1, iters + 1):
+            for it in range(1, iters + 2):
                 res_buf = residual(a, res_buf if ip else None)
-                if track and it > 1:
-                    record(it - 2, res_buf, a)
-                if converged(it, res_buf, a):
-                    it -= 1
+                done = it - 1  # updates so far: res_buf is the residual of their acts
+                if track and done:
+                    record(done - 1, res_buf, a)
+                if done == iters or converged(done, res_buf, a):
                     break
                 c = plan.corr(res_buf, w)
                 c = torch.add(c, a, out=c if ip else None)
@@ -743,6 +743,7 @@ class _LCABase(SparseCoder):
                 u = torch.lerp(u, c, rate, out=u if ip else None)
                 a = self.transfer(u, out=a if ip else None)
                 keep(u, a)
+            it = done
             states = u
         else:
             a = self.transfer(init) if init is not None else None
@@ -787,8 +788,6 @@ class _LCABase(SparseCoder):
             hint = " (tau is too small for this dictionary)" if self.solver == "lca" else ""
             raise FloatingPointError(f"LCA diverged{hint}: the codes contain NaN or Inf")
         if track:
-            if self.solver == "lca":
-                record(it - 1, residual(acts, None), acts)
             names = ("L1", "L2", "TotalEnergy", "FractionActive")
             self.metrics = {n: tracks[: max(it, 0), i].detach().cpu() for i, n in enumerate(names)}
 
