@@ -299,27 +299,16 @@ class _LCABase(SparseCoder):
         self.tol = tol
         self.check_every = check_every
 
-        self.return_vars = self._check_return_vars(return_vars)
+        self.return_vars = return_vars
         self.return_all_ts = bool(return_all_ts)
         self.nonneg = bool(nonneg)
         self.track_metrics = bool(track_metrics)
         self.input_zero_mean = bool(input_zero_mean)
         self.input_unit_var = bool(input_unit_var)
         self.req_grad = bool(req_grad)
-        if callable(transfer_func):
-            self._transfer = None
-        else:
-            self._transfer = get_transfer(transfer_func)
+        self._solver = "lca"
         self.transfer_func = transfer_func
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if solver == "fista" and transfer_func != "soft_threshold":
-            raise ValueError(
-                "solver='fista' minimises the L1 energy and needs transfer_func='soft_threshold'"
-                f", got {transfer_func!r}; use solver='lca' for other transfer functions"
-            )
         self.solver = solver
-        self._set_lambda(lambda_)
 
         init, init_kwargs = weight_init if isinstance(weight_init, tuple) else (weight_init, {})
         if not callable(init):
@@ -329,6 +318,8 @@ class _LCABase(SparseCoder):
         weights = out if isinstance(out, Tensor) else weights
         self.weights = nn.Parameter(weights, requires_grad=self.req_grad)
         self.normalize_weights()
+        self.register_buffer("_lambda_tensor", None, persistent=False)
+        self.lambda_ = lambda_
         self.register_buffer("forward_pass", torch.tensor(1))
         self.metrics: dict[str, Tensor] = {}
         self.last_iters = 0
@@ -354,30 +345,79 @@ class _LCABase(SparseCoder):
                     "use an odd kernel_size or pad='valid'"
                 )
 
-    @staticmethod
-    def _check_return_vars(return_vars: str | Iterable[str]) -> tuple[str, ...]:
-        names = (return_vars,) if isinstance(return_vars, str) else tuple(return_vars)
+    @property
+    def return_vars(self) -> tuple[str, ...]:
+        """Names of the variables forward() returns, in order (validated on assignment)."""
+        return self._return_vars
+
+    @return_vars.setter
+    def return_vars(self, value: str | Iterable[str]) -> None:
+        names = (value,) if isinstance(value, str) else tuple(value)
         if not names:
             raise ValueError(f"return_vars must name at least one of {RETURN_VARS}")
         for name in names:
             if name not in RETURN_VARS:
                 raise ValueError(f"unknown return var {name!r}; accepted: {RETURN_VARS}")
-        return names
+        self._return_vars = names
 
-    def _set_lambda(self, lambda_: float | Tensor) -> None:
-        if isinstance(lambda_, Tensor):
-            if lambda_.shape not in ((self.out_neurons,), ()):
+    @property
+    def transfer_func(self) -> str | Callable[[Tensor, float | Tensor], Tensor]:
+        """'soft_threshold', 'hard_threshold' or a callable f(states, lambda_) -> acts."""
+        return self._transfer_func
+
+    @transfer_func.setter
+    def transfer_func(self, value: str | Callable[[Tensor, float | Tensor], Tensor]) -> None:
+        self._transfer = None if callable(value) else get_transfer(value)
+        if self._solver == "fista" and value != "soft_threshold":
+            raise ValueError(self._fista_message(value))
+        self._transfer_func = value
+
+    @property
+    def solver(self) -> str:
+        """'lca' (Euler dynamics) or 'fista' (accelerated, soft threshold only)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        if value not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {value!r}")
+        if value == "fista" and self.transfer_func != "soft_threshold":
+            raise ValueError(self._fista_message(self.transfer_func))
+        self._solver = value
+
+    @staticmethod
+    def _fista_message(transfer: object) -> str:
+        return (
+            "solver='fista' minimises the L1 energy and needs transfer_func='soft_threshold', "
+            f"got {transfer!r}; use solver='lca' for other transfer functions"
+        )
+
+    @property
+    def lambda_(self) -> float | Tensor:
+        """The threshold: a float, or a tensor (out_neurons,) of per-feature thresholds.
+
+        Assignable at any time (e.g. a warm-up schedule). A tensor is kept as a non-persistent
+        buffer: it follows .to(device), and state dicts stay interchangeable between layers.
+        """
+        return self._lambda_tensor if self._lambda_tensor is not None else self._lambda_value
+
+    @lambda_.setter
+    def lambda_(self, value: float | Tensor) -> None:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            if value.shape != (self.out_neurons,):
                 raise ValueError(
                     f"a lambda_ tensor must have shape ({self.out_neurons},) (one per feature), "
-                    f"got {tuple(lambda_.shape)}"
+                    f"got {tuple(value.shape)}"
                 )
-            if bool((lambda_ < 0).any()):
+            if bool((value < 0).any()):
                 raise ValueError("lambda_ must be >= 0")
-            self.register_buffer("lambda_", lambda_.detach().clone().float())
-        else:
-            if not lambda_ >= 0:
-                raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
-            self.lambda_ = float(lambda_)
+            self._lambda_tensor = value.detach().clone().to(self.weights.dtype)
+            return
+        value = float(value)
+        if not value >= 0:
+            raise ValueError(f"lambda_ must be >= 0, got {value}")
+        self._lambda_tensor = None
+        self._lambda_value = value
 
     # ------------------------------------------------------------------ small helpers
     def _lambda_for(self, ref: Tensor) -> float | Tensor:
