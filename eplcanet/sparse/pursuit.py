@@ -255,7 +255,8 @@ def matching_pursuit(
             for any rescaling of the kept atoms and needs no 1/(1-p) factor.
         residual_tol: a sample stops once ||r||_2 <= residual_tol (its later steps are idle).
         analysis: correlations (batch, n_atoms) of a residual, replacing r @ Phi^T (+ bias), for
-            untied encoders. Default: the dictionary itself, with the O(k * batch) backward.
+            untied encoders. Default: the dictionary itself, with the O(k * batch) backward
+            (first derivatives only; the `analysis` path supports higher ones).
 
     Returns:
         residual x - D(a) (batch, in_features) and codes a (batch, n_atoms), with
