@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pools", type=str, default=None,
       help="one of m (max), a (avg), i (none) per conv layer (default m each)")
     a("--fc", type=int, nargs="+", default=[10], help="fully connected layers; last = classes")
-    a("--act", default="mysig", choices=sorted(ACTIVATIONS), help="neuron activation")
+    a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="neuron activation")
     a("--scale", type=float, default=None, help="multiplies the weight initialisation")
     a("--same-update", action="store_true", help="VFCNN: feedback weights get W's update")
     # data
@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--T2", type=int, default=4, help="nudged-phase steps (BPTT: steps backpropagated)")
     a("--betas", type=float, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
     a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
-    a("--thirdphase", action="store_true", help="symmetric estimate: nudge at +beta2 and -beta2")
-    a("--loss", default="mse", choices=LOSSES, help="loss nudging the output")
-    a("--softmax", action="store_true", help="last fc layer is a softmax readout")
+    a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
+      help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)")
+    a("--loss", default="cel", choices=LOSSES, help="loss nudging the output")
+    a("--softmax", action=argparse.BooleanOptionalAction, default=True,
+      help="last fc layer is a softmax readout (--no-softmax: the output layer is neurons)")
     # optimisation
     a("--optim", default="sgd", choices=OPTIMS)
     a("--lrs", type=float, nargs="+", default=None,
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--wds", type=float, nargs="+", default=None, help="weight decay per synapse layer")
     a("--mmt", type=float, default=0.9, help="SGD momentum")
     a("--lr-decay", action="store_true", help="cosine learning-rate decay over the epochs")
-    a("--epochs", type=int, default=20)
+    a("--epochs", type=int, default=10)
     a("--mbs", type=int, default=32, help="minibatch size")
     # run
     a("--device", default="0", help="cuda index, 'cuda', 'cuda:N' or 'cpu' (cpu if no GPU)")
@@ -129,6 +131,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
                          f"(T1={args.T1}, T2={args.T2})")
     if args.betas[0] == args.betas[1]:
         raise SystemExit(f"error: --betas must differ, got {args.betas}")
+    if args.random_sign and args.thirdphase:
+        raise SystemExit("error: --random-sign only changes one-sided EP: add --no-thirdphase")
     if args.task == "npz" and not args.data_path:
         raise SystemExit("error: --task npz needs --data-path FILE.npz (arrays x and y)")
     if not 0.0 <= args.val_fraction < 1.0:
