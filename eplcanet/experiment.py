@@ -182,7 +182,7 @@ def _gducheck(args, net, splits, device, run_dir) -> dict:
               f"rel RMSE {sym['rel_rmse']:.4f} sign agreement {sym['sign_agreement']:.3f}")
     out_dir = run_dir if run_dir is not None else Path(args.results_dir) / "gducheck"
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_text(out_dir / "gdu.json", json.dumps(result, indent=2))
+    runs.atomic_write_text(json.dumps(result, indent=2), out_dir / "gdu.json")
     rng = np.random.default_rng(args.seed)
     picked = {}
     for name, tr in traces.items():
