@@ -103,16 +103,21 @@ def run(args, argv: list[str] | None = None) -> dict:
     run_dir = _run_dir(args)
     if args.todo == "train":
         return _train(args, argv, net, opt, sched, splits, device, run_dir)
+    _load_trained(net, run_dir, device)
     if args.todo == "evaluate":
-        runs.load_checkpoint(run_dir / "checkpoint.pt", model=net)
-        best = run_dir / "best.pt"
-        if best.is_file():
-            net.load_state_dict(torch.load(best, weights_only=True, map_location=device))
         test = make_loader(splits.test, args.mbs, shuffle=False)
         acc = evaluate(net, test, args.T1, device, desc="test")
         print(f"test accuracy: {100 * acc:.2f}%")
         return {"test_acc": acc}
     return _gducheck(args, net, splits, device, run_dir)
+
+
+def _load_trained(net: EnergyNet, run_dir: Path | None, device) -> None:
+    """Load the run's best model (selected on validation), else its last checkpoint."""
+    if run_dir is None:
+        return
+    best = run_dir / "best.pt"
+    runs.load_state_dict(best if best.is_file() else run_dir / "checkpoint.pt", net)
 
 
 def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:

@@ -123,7 +123,7 @@ def test_evaluate_and_gducheck_on_a_saved_run(tmp_path, capsys):
     ev = ["--todo", "evaluate", "--load-path", str(run_dir)] + TINY
     assert run(parse_args(ev), ev)["test_acc"] == pytest.approx(trained["best"]["test_acc"])
     gdu = ["--todo", "gducheck", "--load-path", str(run_dir), "--act", "mysig",
-           "--T1", "60", "--T2", "6", "--betas", "0", "0.01"] + TINY[:2] + ["--device", "cpu"]
+           "--T1", "60", "--T2", "6", "--betas", "0", "0.01"] + TINY[:3] + ["--device", "cpu"]
     result = run(parse_args(gdu), gdu)
     stored = json.loads((run_dir / "gdu.json").read_text())
     assert stored == json.loads(json.dumps(result))
