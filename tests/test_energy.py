@@ -149,3 +149,15 @@ def test_bad_architectures_are_refused():
         P_CNN((1, 8, 8), [4, 4], [3], [1, 1], [1, 1], "mm", [10])
     with pytest.raises(ValueError, match="no spatial extent"):
         P_CNN((1, 8, 8), [4, 4, 4, 4], [3] * 4, [1] * 4, [1] * 4, "mmmm", [10])
+
+
+def test_batched_plus_minus_phases_equal_sequential_phases():
+    torch.manual_seed(8)
+    net = _cnn(softmax=True, loss="cel")
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    grads = []
+    for batched in (True, False):
+        ep_grads(net, x, y, Phases(12, 4, (0.0, 0.3), thirdphase=True, batch_phases=batched))
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

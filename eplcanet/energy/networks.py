@@ -36,6 +36,23 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _fast_layout(t: torch.Tensor) -> torch.Tensor:
+    """channels_last for 4D tensors: convolutions (and their adjoints) run about twice as fast in
+    it on CPU (oneDNN) and use tensor cores without layout changes on GPU."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def _nudged(beta) -> bool:
+    return isinstance(beta, torch.Tensor) or beta != 0.0
+
+
+def _per_sample(beta, like: torch.Tensor):
+    """beta as a scalar, or a (batch,) tensor broadcast over a state's non-batch dimensions."""
+    if isinstance(beta, torch.Tensor):
+        return beta.view(-1, *([1] * (like.dim() - 1)))
+    return beta
+
+
 def scaled_init_(module: nn.Module, scale: float | None) -> None:
     """PyTorch's default init of conv/linear layers, multiplied by `scale` (the seed's --scale)."""
     if scale is None:
@@ -137,11 +154,12 @@ class EnergyNet(nn.Module):
         return len(self.state_shapes)
 
     def init_states(self, batch: int, device=None, dtype=None) -> list[torch.Tensor]:
-        """Zero states, one (batch, *shape) tensor per layer."""
+        """Zero states, one (batch, *shape) tensor per layer (conv layers in channels_last)."""
         p = self.synapses[0].weight
         device = p.device if device is None else device
         dtype = p.dtype if dtype is None else dtype
-        return [torch.zeros(batch, *s, device=device, dtype=dtype) for s in self.state_shapes]
+        return [_fast_layout(torch.zeros(batch, *s, device=device, dtype=dtype))
+                for s in self.state_shapes]
 
     # ----------------------------------------------------------------------------- pieces
     def _pool(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -173,7 +191,7 @@ class EnergyNet(nn.Module):
     def input_drive(self, x: torch.Tensor) -> torch.Tensor:
         """Bottom-up drive of the first layer, Pool(W_0 * x + b_0): constant during relaxation."""
         if self.n_conv:
-            return self._pool(0, self.synapses[0](x))[0]
+            return self._pool(0, self.synapses[0](_fast_layout(x)))[0]
         return self.synapses[0](x.flatten(1))
 
     def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
@@ -234,7 +252,7 @@ class EnergyNet(nn.Module):
             else:
                 drive = self.synapses[i](inp.flatten(1))
             total = total + (drive * s_i).flatten(1).sum(1)
-        if beta != 0.0:
+        if _nudged(beta):
             total = total - beta * self.loss_per_sample(states, y)
         return total
 
@@ -242,10 +260,14 @@ class EnergyNet(nn.Module):
         self,
         drive: torch.Tensor,
         states: list[torch.Tensor],
-        beta: float = 0.0,
+        beta: float | torch.Tensor = 0.0,
         y: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """dPhi/ds_i for every layer, in closed form; `drive` is ``input_drive(x)``."""
+        """dPhi/ds_i for every layer, in closed form; `drive` is ``input_drive(x)``.
+
+        beta may be a (batch,) tensor: one nudging strength per sample (the +beta and -beta
+        phases then run as one batch).
+        """
         grads: list[torch.Tensor] = [drive]
         downs: list[torch.Tensor | None] = [None] * len(states)
         for i in range(1, len(states)):
@@ -257,8 +279,9 @@ class EnergyNet(nn.Module):
                 w = self._fc_feedback_weight(i)
                 downs[i - 1] = (states[i] @ w).view_as(s_prev)
             grads.append(up)
-        if beta != 0.0:
-            nudge = -beta * self._loss_grad(states, y)
+        if _nudged(beta):
+            g = self._loss_grad(states, y)
+            nudge = -_per_sample(beta, g) * g
             downs[-1] = nudge if downs[-1] is None else downs[-1] + nudge
         return [g if d is None else g + d for g, d in zip(grads, downs)]
 
