@@ -111,6 +111,7 @@ def ep_grads(
             plus = relax(net, drive, free, phases.T2, b2, y)
             if phases.thirdphase:
                 minus = relax(net, drive, free, phases.T2, -b2, y)
+    net.on_nudged(x, plus, b2)  # e.g. LCA_CNN's dictionary learns from the nudged copy layer
     if phases.thirdphase:
         grads = phi_param_grads(net, x, y, minus, -b2, plus, b2)
     else:

@@ -293,6 +293,11 @@ class EnergyNet(nn.Module):
         """Parameters grouped per synapse (for the layer-wise --lrs / --wds)."""
         return [list(s.parameters()) for s in self.synapses]
 
+    def on_nudged(self, x: torch.Tensor, states: list[torch.Tensor], beta: float) -> None:
+        """Hook: the EP estimator passes the equilibrium of its beta2 phase here, before the
+        parameter update, for learning outside Phi's gradient (LCA_CNN's Hebbian dictionary
+        update). Does nothing for the plain networks."""
+
 
 class P_MLP(EnergyNet):
     """Fully connected EP network; `archi` = [input size, hidden sizes..., n_classes]."""

@@ -5,6 +5,7 @@
 
 from .analysis import feature_grid, save_feature_grid
 from .base import SparseCoder
+from .factory import SPARSE_CODERS, make_sparse_coder
 from .io import DictionaryFileError, load_dictionary, save_dictionary
 from .lca import RETURN_VARS, SOLVERS, LCAConv1D, LCAConv2D, LCAConv3D, LCALinear
 from .metrics import (
