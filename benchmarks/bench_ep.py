@@ -41,7 +41,8 @@ def build(in_shape, channels, kernel, padding) -> P_CNN:
 def reference_ep(net: P_CNN, x, y, phases: Phases) -> None:
     """EP minibatch with autograd of Phi at every step (NCHW, drive recomputed per step)."""
     b1, b2 = phases.betas
-    free = relax_autograd(net, x, net.init_states(x.shape[0]), phases.T1, b1, y)
+    nchw = [s.contiguous() for s in net.init_states(x.shape[0])]
+    free = relax_autograd(net, x.contiguous(), nchw, phases.T1, b1, y)
     plus = relax_autograd(net, x, free, phases.T2, b2, y)
     minus = relax_autograd(net, x, free, phases.T2, -b2, y)
     for p, g in zip(net.parameters(), phi_param_grads(net, x, y, minus, -b2, plus, b2)):
