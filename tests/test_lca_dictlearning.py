@@ -1,0 +1,80 @@
+"""cifar_dictlearning.py: flag validation and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_lca_common import one_thread
+
+from eplcanet.sparse import load_dictionary
+
+assert one_thread  # an autouse fixture: importing it applies it to this module
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "cifar_dictlearning.py"
+_spec = importlib.util.spec_from_file_location("cifar_dictlearning", _SCRIPT)
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+TINY = ["--n-eval", "8", "--epochs", "1", "--mbs", "8", "--lca_feats", "8", "--lca_iters", "10"]
+TINY += ["--eval-iters", "10", "--lca_ksize", "5"]
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--task", "imagenet"], "--task must be one of"),
+        (["--task", "npz"], "needs --data-path"),
+        (["--task", "npz", "--data-path", "missing.npz"], "no such file"),
+        (["--data-path", "x.npz"], "only with --task npz"),
+        (["--lca_ksize", "8"], "odd"),
+        (["--lca_stride", "11"], "lca_stride"),
+        (["--n-eval", "0"], "--n-eval must be >= 1"),
+        (["--lca_eta", "0"], "lca_eta"),
+        (["--lambda-schedule", "cosine"], "linear:START:EPOCHS"),
+        (["--lambda-schedule", "linear:0.1:0"], "EPOCHS > 0"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_flags_are_rejected_before_any_work(flags, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        script.main(["--results-dir", str(tmp_path), *flags])
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_dictionary_pictures_and_curves(tmp_path):
+    out = tmp_path / "dicts" / "mine.pt"
+    flags = ["--results-dir", str(tmp_path / "res"), "--n-images", "16", "--out", str(out)]
+    summary = script.main([*flags, *TINY, "--lambda-schedule", "linear:0.05:1"])
+    run_dir = next((tmp_path / "res" / "patches" / "dictlearning").glob("*/*/run_1"))
+    names = {p.name for p in run_dir.iterdir()}
+    expected = {"feature_grid.png", "reconstructions.png", "curves.csv", "curves.png"}
+    assert expected | {"summary.json", "hyperparameters.json"} <= names
+    weight, config = load_dictionary(out)
+    assert weight.shape == (8, 3, 5, 5) and config["kernel_size"] == 5
+    torch.testing.assert_close(weight.flatten(1).norm(dim=1), torch.ones(8))
+    with open(run_dir / "curves.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2  # 16 images / minibatches of 8
+    lambdas = [float(r["lambda"]) for r in rows]
+    assert lambdas[0] == pytest.approx(0.05) and lambdas[0] < lambdas[1] <= 0.25
+    assert rows[-1]["eval_r2"] != "" and rows[0]["eval_r2"] == ""
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["heldout_r2"] == pytest.approx(summary["heldout_r2"])
+    assert 0.0 < saved["heldout_frac_zero"] < 1.0
+
+
+def test_npz_task_loads_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=rng.integers(0, 256, (60, 12, 12, 3), dtype=np.uint8), y=np.arange(60) % 3)
+    flags = ["--results-dir", str(tmp_path / "res"), "--task", "npz", "--data-path", str(path)]
+    summary = script.main([*flags, *TINY, "--n-images", "8"])
+    weight, config = load_dictionary(summary["dictionary"])
+    assert weight.shape == (8, 3, 5, 5) and config["task"] == "npz"
