@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--n-images",
         type=int,
         default=None,
-        help="training images used (default: all; 1024 for patches)",
+        help="training images used (default: all; 512 for patches)",
     )
     p.add_argument("--n-eval", type=int, default=128, help="held-out images for evaluation")
     p.add_argument("--lca_feats", type=int, default=64, help="number of atoms F")
