@@ -8,8 +8,9 @@ from .data import TASKS
 from .energy.activations import ACTIVATIONS
 from .energy.learning import ALGORITHMS
 from .energy.networks import LOSSES, POOLS
+from .lca_experiment import add_lca_arguments, validate_lca
 
-MODELS = ("MLP", "CNN", "VFCNN")
+MODELS = ("MLP", "CNN", "VFCNN", "LCACNN")
 TODOS = ("train", "evaluate", "gducheck")
 OPTIMS = ("sgd", "adam")
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--strides", type=int, nargs="+", default=None, help="conv strides (default 1 each)")
     a("--paddings", type=int, nargs="+", default=None, help="conv paddings (default 1 each)")
     a("--pools", type=str, default=None,
-      help="one of m (max), a (avg), i (none) per conv layer (default m each)")
+      help="one of m (max), a (avg), i (none) per conv layer (default m each); "
+      "LCACNN: see its group below")
     a("--fc", type=int, nargs="+", default=[10], help="fully connected layers; last = classes")
     a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="neuron activation")
     a("--scale", type=float, default=None, help="multiplies the weight initialisation")
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")
     a("--check-thm", action="store_true", help="train: run the GDU check at each epoch end")
     a("--gdu-batch", type=int, default=8, help="gducheck: number of samples")
+    add_lca_arguments(p)
     return p
 
 
@@ -99,6 +102,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
     Raises SystemExit with a message saying what to give, before any data is loaded.
     """
+    validate_lca(args)  # LCACNN: the seed's layer lists, the dictionary flags
     if args.model != "MLP":
         n = len(args.channels)
         args.kernels = _expand("kernels", args.kernels, n, 3)

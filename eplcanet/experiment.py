@@ -15,6 +15,7 @@ from . import plots, runs
 from .data import load_task, make_loader
 from .energy.learning import Phases, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
+from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .train import evaluate, train_epoch
 
 
@@ -54,6 +55,8 @@ def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
         return P_MLP(archi, **common)
     conv = (in_shape, args.channels, args.kernels, args.strides, args.paddings, args.pools,
             args.fc)
+    if args.model == "LCACNN":
+        return build_lca_cnn(args, in_shape)
     if args.model == "VFCNN":
         return VF_CNN(*conv, same_update=args.same_update, **common)
     return P_CNN(*conv, **common)
@@ -99,6 +102,7 @@ def run(args, argv: list[str] | None = None) -> dict:
                        data_aug=args.data_aug, image_size=args.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     net = build_model(args, in_shape, splits.n_classes).to(device)
+    prepare_code_cache(args, net, splits, device)  # LCACNN --cache-codes only
     opt, sched = build_optimizer(args, net)
     run_dir = _run_dir(args)
     if args.todo == "train":
@@ -164,6 +168,7 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:
                                  scheduler=sched, epoch=epoch, best=best)
             plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
             plots.plot_neural_activity(states, run_dir / "neural_activity.png")
+            save_dictionary_artifacts(net, run_dir, epoch)  # LCACNN only
             if args.check_thm:
                 _gducheck(args, net, splits, device, run_dir)
     if metrics:
