@@ -184,3 +184,102 @@ def plot_gdu(traces: dict[str, dict[str, Any]], out_dir: str | Path) -> list[Pat
         ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / filename))
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness (rows as eplcanet.robustness writes them to attack.csv / corruptions.csv)
+
+
+def _rows_of(rows: str | Path | list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    if isinstance(rows, (str, Path)):
+        from eplcanet.robustness import read_rows
+
+        rows = read_rows(rows)
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{what} must be a CSV path or a non-empty list of row dicts")
+    return rows
+
+
+def plot_robustness(
+    curves: dict[str, str | Path | list[dict[str, Any]]],
+    path: str | Path,
+    title: str | None = None,
+    noise: bool = True,
+) -> Path:
+    """Accuracy against the attack radius, one panel per norm and one colour per model.
+
+    curves: {label: attack.csv path or its rows}; rows need "norm", "epsilon" and "accuracy",
+    and may hold "accuracy_noise" (drawn dotted, same colour, when noise). path: the PNG, or a
+    directory to write robustness.png into.
+    """
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError("curves must be a non-empty dict {label: attack.csv path or rows}")
+    checked = {}
+    for label, rows in curves.items():
+        rows = _rows_of(rows, f"curves[{label!r}]")
+        missing = {"norm", "epsilon", "accuracy"} - set(rows[0])
+        if missing:
+            raise ValueError(f"curves[{label!r}] rows lack {sorted(missing)}")
+        checked[label] = rows
+    norms = sorted({r["norm"] for rows in checked.values() for r in rows}, key=str)
+    fig = Figure(figsize=(5 * len(norms), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(norms)))
+    for ax, norm in zip(axes, norms):
+        for j, (label, rows) in enumerate(checked.items()):
+            sel = sorted((r for r in rows if r["norm"] == norm), key=lambda r: float(r["epsilon"]))
+            if not sel:
+                continue
+            eps = [float(r["epsilon"]) for r in sel]
+            colour = f"C{j % 10}"
+            ax.plot(eps, [float(r["accuracy"]) for r in sel], "o-", color=colour, label=label)
+            if noise and all(r.get("accuracy_noise") not in (None, "") for r in sel):
+                ax.plot(eps, [float(r["accuracy_noise"]) for r in sel], ":", color=colour,
+                        label=f"{label}, random noise")
+        ax.set(xlabel=f"epsilon ({norm}, pixels in [0, 1])", ylabel="accuracy",
+               title=f"PGD {norm}" if title is None else f"{title}: {norm}", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, _target(path, "robustness.png"))
+
+
+def plot_corruptions(rows: str | Path | list[dict[str, Any]], path: str | Path) -> Path:
+    """Accuracy per corruption and severity: curves against severity (clean accuracy dashed)
+    and a corruption x severity heatmap with the values written in.
+
+    rows: a corruptions.csv or its rows ("corruption", "severity", "accuracy"; a row named
+    "clean" is the clean accuracy). path: the PNG, or a directory for corruptions.png.
+    """
+    rows = _rows_of(rows, "rows")
+    missing = {"corruption", "severity", "accuracy"} - set(rows[0])
+    if missing:
+        raise ValueError(f"corruption rows lack {sorted(missing)}")
+    clean = [float(r["accuracy"]) for r in rows if r["corruption"] == "clean"]
+    names = list(dict.fromkeys(r["corruption"] for r in rows if r["corruption"] != "clean"))
+    if not names:
+        raise ValueError("rows hold no corruption other than 'clean'")
+    severities = sorted({int(r["severity"]) for r in rows if r["corruption"] != "clean"})
+    grid = np.full((len(names), len(severities)), np.nan)
+    for r in rows:
+        if r["corruption"] != "clean":
+            grid[names.index(r["corruption"]), severities.index(int(r["severity"]))] = float(
+                r["accuracy"]
+            )
+    fig = Figure(figsize=(12, 4.5))
+    ax_line, ax_map = fig.subplots(1, 2)
+    for i, name in enumerate(names):
+        ax_line.plot(severities, grid[i], "o-", color=f"C{i % 10}", label=name)
+    if clean:
+        ax_line.axhline(clean[0], color="black", ls="--", lw=1, label="clean")
+    ax_line.set(xlabel="severity", ylabel="accuracy", title="Accuracy under corruptions",
+                xticks=severities, ylim=(-0.02, 1.02))
+    ax_line.grid(alpha=0.3)
+    ax_line.legend(fontsize=8)
+    image = ax_map.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax_map.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if value < 0.6 else "black")
+    ax_map.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(names)),
+               yticklabels=names, xlabel="severity", title="Accuracy (%)")
+    fig.colorbar(image, ax=ax_map)
+    return _save(fig, _target(path, "corruptions.png"))

@@ -1,0 +1,714 @@
+"""Robustness of trained energy-based networks: PGD attacks through the relaxation and common
+corruptions (``main_fast.py --todo attack`` and ``--todo corrupt``).
+
+Pixel space. Budgets and corruptions are defined on pixels in [0, 1], but the datasets serve
+normalised tensors (1-channel images stay in [0, 1]; 3-channel images are standardised with
+``CIFAR_MEAN`` and ``CIFAR_STD``, see :mod:`eplcanet.data`). :class:`EquilibriumPredictor`
+therefore takes pixel images and normalises them itself, so that an attack perturbs pixels and
+the network still sees what it was trained on; :func:`to_pixels` undoes a dataset's
+normalisation (clamped to [0, 1]).
+
+Step semantics (our names for the seed's --predict-step / --attack-step):
+
+- ``predict_step`` (``--predict-step``, default T1): the number of free-phase steps, from zero
+  states, before the output is read. Every prediction (clean, attacked, corrupted, noisy) uses
+  it, so the accuracy at epsilon 0 is the clean accuracy.
+- ``attack_step`` (``--attack-step``, default T2, raised to the number of layers of neurons, and
+  at most predict_step): the attack's gradient flows through the last ``attack_step`` of those
+  steps only (it needs one step per layer to get from the output back to the input). The first ``predict_step - attack_step`` steps run without
+  an autograd graph; then the input drive is recomputed with a graph back to the pixels and the
+  last steps are unrolled (truncated BPTT, the same truncation ``--alg BPTT`` trains with; near
+  an equilibrium it approaches the implicit gradient as attack_step grows). The logits do not
+  depend on ``attack_step``; only the gradient does.
+
+PGD (Madry et al., 2018) is implemented here in a few lines rather than taken from torchattacks:
+torchattacks 3.5.1 pins ``requests~=2.25.1``, which would downgrade requests and conflict with
+the Jupyter stack the notebook needs. ``tests/test_robustness.py`` checks that our PGD returns
+exactly what ``torchattacks.PGD`` / ``PGDL2`` return, whenever torchattacks is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .energy.dynamics import relax
+from .energy.networks import EnergyNet
+
+ROBUSTNESS_TODOS = ("attack", "corrupt")
+NORMS = ("Linf", "L2")
+NORM_CHOICES = ("Linf", "L2", "both")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "gaussian_blur",
+    "contrast",
+    "brightness",
+    "jpeg",
+)
+SEVERITIES = (1, 2, 3, 4, 5)
+
+# Severity parameters of CIFAR-10-C (Hendrycks & Dietterich, 2019), indexed by severity - 1:
+# gaussian_noise: std of additive N(0, c^2) noise; shot_noise: photons per unit intensity
+# (Poisson(c x) / c); impulse_noise: fraction of values set to 0 or 1 (salt and pepper);
+# gaussian_blur: the kernel's sigma in pixels; contrast: factor towards the image mean;
+# brightness: added to the HSV value; jpeg: JPEG quality.
+SEVERITY_PARAMS: dict[str, tuple[float, ...]] = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+    "shot_noise": (500, 250, 100, 75, 50),
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+    "jpeg": (80, 65, 58, 50, 40),
+}
+
+# Default radii in pixel units: MNIST-scale for grey images, CIFAR-scale for colour images.
+_DEFAULT_EPSILONS = {
+    ("Linf", 1): (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+    ("L2", 1): (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    ("Linf", 3): (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+    ("L2", 3): (0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+}
+
+ATTACK_FIELDS = (
+    "norm",
+    "epsilon",
+    "accuracy",
+    "accuracy_pgd",
+    "accuracy_noise",
+    "max_perturbation",
+    "n",
+    "pgd_steps",
+    "predict_step",
+    "attack_step",
+)
+CORRUPTION_FIELDS = ("corruption", "severity", "accuracy", "n", "predict_step")
+
+
+# --------------------------------------------------------------------------------------------
+# The differentiable predictor
+
+
+def _channel_vector(values: Sequence[float] | None, name: str) -> torch.Tensor | None:
+    if values is None:
+        return None
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if name == "std" and bool((t <= 0).any()):
+        raise ValueError(f"std must be positive, got {list(values)}")
+    return t.view(-1, 1, 1)
+
+
+def to_pixels(
+    x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Undo a dataset's normalisation: x (B, C, H, W) -> x * std + mean, clamped to [0, 1]."""
+    m, s = _channel_vector(mean, "mean"), _channel_vector(std, "std")
+    if m is not None:
+        x = x * s.to(x) + m.to(x)
+    return x.clamp(0.0, 1.0)
+
+
+def dataset_normalization(dataset) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) an :class:`eplcanet.data.ImageDataset` normalises with, (None, None) if none."""
+    if not hasattr(dataset, "images") or not hasattr(dataset, "_mean"):
+        raise TypeError(
+            f"dataset must be an eplcanet.data.ImageDataset, got {type(dataset).__name__}"
+        )
+    # ImageDataset keeps its constants as (C, 1, 1) tensors, or None.
+    if dataset._mean is None:
+        return None, None
+    return tuple(dataset._mean.flatten().tolist()), tuple(dataset._std.flatten().tolist())
+
+
+def dataset_pixels(dataset, indices: torch.Tensor | None = None):
+    """(pixels float32 (N, C, H, W) in [0, 1], labels int64 (N,)) of an ImageDataset, without
+    augmentation or normalisation; ``indices`` selects items (default all)."""
+    if not hasattr(dataset, "images") or not hasattr(dataset, "labels"):
+        raise TypeError(
+            f"dataset must be an eplcanet.data.ImageDataset, got {type(dataset).__name__}"
+        )
+    images, labels = dataset.images, dataset.labels
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return pixels, labels
+
+
+class EquilibriumPredictor(nn.Module):
+    """Logits of an EnergyNet's free equilibrium as a differentiable function of pixels.
+
+    forward(pixels (B, C, H, W) in [0, 1]) -> logits (B, n_classes): normalise with (mean, std),
+    relax ``predict_step`` free steps from zero states and read ``net.output``. Under grad mode
+    the last ``attack_step`` steps are unrolled with a graph back to the pixels (see the module
+    docstring); without grad mode nothing is recorded. The network's parameters are not touched.
+    """
+
+    def __init__(
+        self,
+        net: EnergyNet,
+        predict_step: int,
+        attack_step: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(predict_step, int) or predict_step < 1:
+            raise ValueError(f"predict_step must be an int >= 1, got {predict_step!r}")
+        if not isinstance(attack_step, int) or not 1 <= attack_step <= predict_step:
+            raise ValueError(
+                f"attack_step must be an int in [1, predict_step={predict_step}], "
+                f"got {attack_step!r}"
+            )
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must be given together")
+        if attack_step < net.n_states:
+            # The drive enters the first layer and needs one step per layer to reach the output:
+            # fewer unrolled steps leave the logits without a path back to the pixels.
+            raise ValueError(
+                f"attack_step must be >= the number of layers of neurons ({net.n_states}), so "
+                f"that the gradient reaches the input; got {attack_step}"
+            )
+        self.net = net
+        self.predict_step = predict_step
+        self.attack_step = attack_step
+        self.register_buffer("mean", _channel_vector(mean, "mean"), persistent=False)
+        self.register_buffer("std", _channel_vector(std, "std"), persistent=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> the network's input space, (B, C, H, W)."""
+        if self.mean is None:
+            return pixels
+        return (pixels - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(pixels)
+        net = self.net
+        free = self.predict_step - self.attack_step
+        with torch.no_grad():
+            drive = net.input_drive(x)
+            states = relax(net, drive, net.init_states(x.shape[0]), free)
+        if torch.is_grad_enabled():
+            # The same values again, now recorded: the gradient reaches the pixels only through
+            # the drive of the last attack_step steps.
+            drive = net.input_drive(x)
+            states = [s.detach() for s in states]
+        states = relax(net, drive, states, self.attack_step)
+        return net.output(states)
+
+
+@torch.no_grad()
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """Predicted classes (N,) of pixels (N, C, H, W), in batches, without autograd."""
+    out = [model(pixels[i : i + batch_size]).argmax(1) for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def _flat_norms(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample, shaped (B, 1, 1, 1) for broadcasting."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample size of delta (B, ...) in the given norm, (B,)."""
+    _check_norm(norm)
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    # A zero-sized delta needs no scaling; clamp_min avoids 0 / 0 when eps is 0 as well.
+    return delta * (eps / _flat_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def random_perturbation(
+    pixels: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random noise of size eps, clipped to the pixel range: the baseline the attack must beat.
+
+    Linf: independent signs times eps (a corner of the ball, the largest random Linf noise);
+    L2: a uniformly random direction scaled to norm eps. Clipping to [0, 1] only shrinks it.
+    """
+    _check_norm(norm)
+    noise = torch.randn(pixels.shape, generator=generator, device=pixels.device)
+    if norm == "Linf":
+        noise = eps * noise.sign()
+    else:
+        noise = eps * noise / _flat_norms(noise).clamp_min(1e-12)
+    return (pixels + noise).clamp(0.0, 1.0)
+
+
+def pgd(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int = 20,
+    alpha: float | None = None,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Untargeted projected gradient ascent on the cross-entropy, inside the eps-ball of `norm`.
+
+    pixels (B, C, H, W) in [0, 1], labels (B,); returns adversarial pixels of the same shape in
+    [0, 1] with ||adv - pixels|| <= eps per sample. Linf steps by alpha * sign(grad), L2 by alpha
+    times the unit-norm gradient; each step is projected on the ball, then clipped to [0, 1]
+    (clipping moves every value towards the clean one, so it never leaves the ball).
+    alpha defaults to 2.5 * eps / steps (Madry et al.). random_start draws the start uniformly
+    in the Linf ball, or with a random direction and a radius uniform in [0, eps] for L2,
+    as torchattacks does.
+    """
+    _check_norm(norm)
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    alpha = 2.5 * eps / steps if alpha is None else alpha
+    clean = pixels.detach()
+    adv = clean.clone()
+    if random_start:
+        if norm == "Linf":
+            u = torch.rand(clean.shape, generator=generator, device=clean.device)
+            adv = adv + (2 * u - 1) * eps
+        else:
+            d = torch.randn(clean.shape, generator=generator, device=clean.device)
+            r = torch.rand(
+                (clean.shape[0],) + (1,) * (clean.dim() - 1),
+                generator=generator,
+                device=clean.device,
+            )
+            adv = adv + d / _flat_norms(d).clamp_min(1e-12) * r * eps
+        adv = adv.clamp(0.0, 1.0)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(adv), labels)
+            (grad,) = torch.autograd.grad(loss, adv)
+        with torch.no_grad():
+            if norm == "Linf":
+                step = grad.sign()
+            else:
+                step = grad / (_flat_norms(grad) + 1e-10)
+            adv = adv.detach() + alpha * step
+            adv = (clean + _project(adv - clean, eps, norm)).clamp(0.0, 1.0)
+    return adv.detach()
+
+
+def default_epsilons(norm: str, channels: int) -> tuple[float, ...]:
+    """Default radii for `norm`: MNIST-scale for 1-channel images, CIFAR-scale for 3 channels."""
+    _check_norm(norm)
+    return _DEFAULT_EPSILONS[(norm, 3 if channels == 3 else 1)]
+
+
+def evaluate_attacks(
+    model: EquilibriumPredictor,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    epsilons: dict[str, Sequence[float]],
+    pgd_steps: int = 20,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Accuracy against PGD and against random noise, per norm and radius.
+
+    pixels (N, C, H, W) in [0, 1], labels (N,); epsilons {norm: radii}. Returns one row per
+    (norm, eps) with ATTACK_FIELDS:
+        accuracy_pgd: accuracy on the PGD examples of this radius;
+        accuracy: the fraction of samples that no PGD run at a radius <= eps fooled (an example
+            found in a smaller ball lies in the larger one too, so this is also an upper bound on
+            the robust accuracy at eps, and it is non-increasing in eps by construction);
+        accuracy_noise: accuracy on random noise of the same size (:func:`random_perturbation`);
+        max_perturbation: the largest ||adv - pixels|| over the samples, in that norm.
+    """
+    if pixels.shape[0] != labels.shape[0] or pixels.shape[0] == 0:
+        raise ValueError(
+            f"pixels and labels need the same non-zero length, got {pixels.shape[0]} "
+            f"and {labels.shape[0]}"
+        )
+    for norm, radii in epsilons.items():
+        _check_norm(norm)
+        if not radii or any(not e >= 0 for e in radii):
+            raise ValueError(f"epsilons[{norm!r}] must be non-empty and >= 0, got {radii}")
+    device = next(model.parameters(), pixels).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    plan = [(norm, sorted(float(e) for e in radii)) for norm, radii in epsilons.items()]
+    counts = {
+        (norm, e): {"pgd": 0, "cum": 0, "noise": 0, "max": 0.0}
+        for norm, radii in plan
+        for e in radii
+    }
+    n = pixels.shape[0]
+    batches = range(0, n, batch_size)
+    # disable=None lets tqdm hide the bar when the output is not a terminal.
+    hide = None if progress else True
+    for start in tqdm(batches, desc="attack", leave=False, disable=hide):
+        x = pixels[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        for norm, radii in plan:
+            robust = torch.ones_like(y, dtype=torch.bool)
+            for eps in radii:
+                adv = pgd(model, x, y, eps, norm, pgd_steps, generator=gen)
+                with torch.no_grad():
+                    ok = model(adv).argmax(1) == y
+                    noisy = random_perturbation(x, eps, norm, generator=gen)
+                    ok_noise = model(noisy).argmax(1) == y
+                robust &= ok
+                c = counts[(norm, eps)]
+                c["pgd"] += int(ok.sum())
+                c["cum"] += int(robust.sum())
+                c["noise"] += int(ok_noise.sum())
+                c["max"] = max(c["max"], float(perturbation_norms(adv - x, norm).max()))
+    rows = []
+    for norm, radii in plan:
+        for eps in radii:
+            c = counts[(norm, eps)]
+            rows.append(
+                {
+                    "norm": norm,
+                    "epsilon": eps,
+                    "accuracy": c["cum"] / n,
+                    "accuracy_pgd": c["pgd"] / n,
+                    "accuracy_noise": c["noise"] / n,
+                    "max_perturbation": c["max"],
+                    "n": n,
+                    "pgd_steps": pgd_steps,
+                    "predict_step": model.predict_step,
+                    "attack_step": model.attack_step,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Corruptions
+
+
+def _brightness(x: torch.Tensor, c: float) -> torch.Tensor:
+    # HSV value += c with hue and saturation kept: RGB is linear in V at fixed (H, S), so the
+    # pixel scales by (V + c) / V; black pixels (V = 0) become grey c. Grey images: x + c.
+    v = x.amax(1, keepdim=True)
+    new_v = (v + c).clamp(max=1.0)
+    return torch.where(v > 0, x * new_v / v.clamp_min(1e-12), new_v.expand_as(x))
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    from PIL import Image
+
+    arrays = (x.detach().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for a in arrays:
+        buffer = io.BytesIO()
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buffer, "JPEG", quality=quality)
+        decoded = np.asarray(Image.open(buffer))
+        out.append(decoded.reshape(a.shape))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    radius = max(1, math.ceil(3 * sigma))
+    # Reflect padding needs the radius below the image side.
+    radius = min(radius, min(x.shape[-2:]) - 1)
+    return gaussian_blur(x, [2 * radius + 1] * 2, [float(sigma)] * 2)
+
+
+def corrupt(
+    pixels: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A common corruption of pixels (B, C, H, W) in [0, 1] at severity 1..5, in [0, 1].
+
+    C is 1 or 3 (jpeg needs one of those); parameters are SEVERITY_PARAMS[name][severity - 1].
+    The noise corruptions draw from `generator` (seed it for reproducible results).
+    """
+    if name not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {name!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
+    if pixels.dim() != 4:
+        raise ValueError(f"pixels must have shape (B, C, H, W), got {tuple(pixels.shape)}")
+    c = SEVERITY_PARAMS[name][severity - 1]
+    x = pixels
+    dev = x.device
+    if name == "gaussian_noise":
+        out = x + c * torch.randn(x.shape, generator=generator, device=dev)
+    elif name == "shot_noise":
+        out = torch.poisson(x.clamp(0, 1) * c, generator=generator) / c
+    elif name == "impulse_noise":
+        u = torch.rand(x.shape, generator=generator, device=dev)
+        salt = torch.rand(x.shape, generator=generator, device=dev) < 0.5
+        out = torch.where(u < c, salt.to(x.dtype), x)
+    elif name == "gaussian_blur":
+        out = _gaussian_blur(x, c)
+    elif name == "contrast":
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        out = (x - mean) * c + mean
+    elif name == "brightness":
+        out = _brightness(x, c)
+    else:
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"jpeg needs 1 or 3 channels, got {x.shape[1]}")
+        out = _jpeg(x, int(c))
+    return out.clamp(0.0, 1.0)
+
+
+def evaluate_corruptions(
+    model: EquilibriumPredictor,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    corruptions: Sequence[str] = CORRUPTIONS,
+    severities: Sequence[int] = SEVERITIES,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Accuracy per corruption and severity (CORRUPTION_FIELDS rows), after a "clean" row with
+    severity 0. pixels (N, C, H, W) in [0, 1], labels (N,)."""
+    for name in corruptions:
+        if name not in CORRUPTIONS:
+            raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {name!r}")
+    for s in severities:
+        if s not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {s!r}")
+    n = labels.shape[0]
+    if pixels.shape[0] != n or n == 0:
+        raise ValueError("pixels and labels need the same non-zero length")
+    device = next(model.parameters(), pixels).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    labels = labels.to(device)
+    clean = int((predict(model, pixels.to(device), batch_size) == labels).sum()) / n
+    rows = [
+        {
+            "corruption": "clean",
+            "severity": 0,
+            "accuracy": clean,
+            "n": n,
+            "predict_step": model.predict_step,
+        }
+    ]
+    jobs = [(name, s) for name in corruptions for s in severities]
+    for name, s in tqdm(jobs, desc="corrupt", leave=False, disable=None if progress else True):
+        correct = 0
+        for start in range(0, n, batch_size):
+            x = corrupt(pixels[start : start + batch_size].to(device), name, s, generator=gen)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == labels[start : start + batch_size]).sum())
+        rows.append(
+            {
+                "corruption": name,
+                "severity": s,
+                "accuracy": correct / n,
+                "n": n,
+                "predict_step": model.predict_step,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# CSV files
+
+
+def write_rows(rows: list[dict], fields: Sequence[str], path: str | Path) -> Path:
+    """Write rows (dicts over fields) as a CSV file, atomically; returns the path."""
+    from .runs import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(buffer.getvalue(), path)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of an attack.csv or corruptions.csv, numbers parsed (ints stay ints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+
+    def parse(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# --------------------------------------------------------------------------------------------
+# main_fast.py --todo attack / corrupt
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Validate the robustness flags (before any data is loaded); fill their defaults.
+
+    Raises SystemExit naming the flag and the accepted values.
+    """
+    if not args.load_path:
+        raise SystemExit(f"error: --todo {args.todo} needs --load-path RUN_DIR (a trained run)")
+    if args.attack_norm not in NORM_CHOICES:
+        raise SystemExit(
+            f"error: --attack-norm must be one of {', '.join(NORM_CHOICES)}, "
+            f"got {args.attack_norm!r}"
+        )
+    if args.epsilons is not None:
+        if args.attack_norm == "both":
+            raise SystemExit(
+                "error: --epsilons needs --attack-norm Linf or L2 (Linf and L2 radii "
+                "have different scales; leave --epsilons out for both defaults)"
+            )
+        if not args.epsilons or any(not e >= 0 for e in args.epsilons):
+            raise SystemExit(f"error: --epsilons must be numbers >= 0, got {args.epsilons}")
+    if args.predict_step is None:
+        args.predict_step = args.T1
+    if args.predict_step < 1:
+        raise SystemExit(f"error: --predict-step must be >= 1, got {args.predict_step}")
+    # --attack-step's default needs the model (run_todo: T2, at least one step per layer).
+    if args.attack_step is not None and not 1 <= args.attack_step <= args.predict_step:
+        raise SystemExit(
+            f"error: --attack-step must be in [1, --predict-step "
+            f"({args.predict_step})], got {args.attack_step}"
+        )
+    if args.pgd_steps < 1:
+        raise SystemExit(f"error: --pgd-steps must be >= 1, got {args.pgd_steps}")
+    if args.attack_samples is not None and args.attack_samples < 1:
+        raise SystemExit(f"error: --attack-samples must be >= 1, got {args.attack_samples}")
+    bad = [c for c in args.corruptions if c not in CORRUPTIONS]
+    if bad:
+        raise SystemExit(f"error: unknown --corruptions {bad}; accepted: {', '.join(CORRUPTIONS)}")
+    bad = [s for s in args.severities if s not in SEVERITIES]
+    if bad:
+        raise SystemExit(f"error: --severities must be among 1 2 3 4 5, got {bad}")
+    return args
+
+
+def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: Path) -> dict:
+    """--todo attack / corrupt on `net`, which holds the run's trained weights (experiment.run
+    loads the best model of --load-path before dispatching here).
+
+    Attacks a seeded random subset of --attack-samples test images (default all) and writes
+    attack.csv + attack.png, or corruptions.csv + corruptions.png, into the run directory.
+    """
+    from . import plots
+
+    check_args(args)
+    net.eval()
+    if args.attack_step is None:
+        args.attack_step = min(max(args.T2, net.n_states), args.predict_step)
+    mean, std = dataset_normalization(splits.test)
+    try:
+        model = EquilibriumPredictor(net, args.predict_step, args.attack_step, mean, std)
+    except ValueError as exc:
+        raise SystemExit(f"error: --attack-step / --predict-step: {exc}") from None
+    model = model.to(device)
+    n_test = len(splits.test)
+    n = n_test if args.attack_samples is None else min(args.attack_samples, n_test)
+    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(args.seed))
+    pixels, labels = dataset_pixels(splits.test, order[:n].sort().values)
+    print(
+        f"{args.todo}: {n} of {n_test} test images, predict-step {args.predict_step}"
+        + (f", attack-step {args.attack_step}" if args.todo == "attack" else "")
+    )
+    if args.todo == "attack":
+        norms = NORMS if args.attack_norm == "both" else (args.attack_norm,)
+        epsilons = {
+            norm: args.epsilons
+            if args.epsilons is not None
+            else default_epsilons(norm, pixels.shape[1])
+            for norm in norms
+        }
+        rows = evaluate_attacks(
+            model, pixels, labels, epsilons, args.pgd_steps, batch_size=args.mbs, seed=args.seed
+        )
+        csv_path = write_rows(rows, ATTACK_FIELDS, run_dir / "attack.csv")
+        png = plots.plot_robustness({_run_label(args): rows}, run_dir / "attack.png")
+        for r in rows:
+            print(
+                f"{r['norm']:>4s} eps {r['epsilon']:.4g}: PGD {100 * r['accuracy']:.1f}% "
+                f"noise {100 * r['accuracy_noise']:.1f}%"
+            )
+    else:
+        rows = evaluate_corruptions(
+            model,
+            pixels,
+            labels,
+            args.corruptions,
+            args.severities,
+            batch_size=max(args.mbs, 256),
+            seed=args.seed,
+        )
+        csv_path = write_rows(rows, CORRUPTION_FIELDS, run_dir / "corruptions.csv")
+        png = plots.plot_corruptions(rows, run_dir / "corruptions.png")
+        for r in rows:
+            print(f"{r['corruption']:>14s} severity {r['severity']}: {100 * r['accuracy']:.1f}%")
+    print(f"wrote {csv_path} and {png}")
+    return {"rows": rows, "csv": csv_path, "png": png}
+
+
+def _run_label(args: argparse.Namespace) -> str:
+    return f"{args.alg} {args.model}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m eplcanet.robustness plot OUT.png LABEL=RUN_DIR ...``: one figure of the
+    attack.csv curves of several runs (e.g. EP vs BPTT vs LCA-CNN)."""
+    p = argparse.ArgumentParser(prog="python -m eplcanet.robustness")
+    sub = p.add_subparsers(dest="command", required=True)
+    pl = sub.add_parser("plot", help="accuracy vs epsilon of several runs in one figure")
+    pl.add_argument("out", help="the PNG to write")
+    pl.add_argument(
+        "runs",
+        nargs="+",
+        metavar="LABEL=RUN_DIR",
+        help="a legend label and a run directory holding attack.csv",
+    )
+    pl.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    from . import plots
+
+    curves = {}
+    for item in args.runs:
+        label, sep, run = item.partition("=")
+        if not sep or not label or not run:
+            p.error(f"runs must be LABEL=RUN_DIR, got {item!r}")
+        csv_path = Path(run) / "attack.csv"
+        if not csv_path.is_file():
+            p.error(f"{csv_path} not found: run main_fast.py --todo attack --load-path {run}")
+        curves[label] = read_rows(csv_path)
+    print(plots.plot_robustness(curves, args.out, title=args.title))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Robustness of the same small CNN trained three ways, on real MNIST digits:
+# EP (this project's default estimator), BPTT (backprop through the relaxation) and, when the
+# model exists in main_fast.py, the LCA-RCNN (--model LCACNN). Each model is attacked with PGD
+# (Linf and L2) through its own relaxation and the curves are drawn in one figure.
+#
+#   bash run/robustness_compare.sh PATH/TO/mnist-train-14k.npz [OUT_DIR]
+#
+# A model whose run directory already holds best.pt is not trained again, so the script can be
+# re-run to redo only the attacks and the figure. Budget: a few epochs of each model on one CPU
+# thread (about 10 minutes each), so the models train on the first N_IMAGES images of the file
+# (default 7000: 5670 train, 630 validation, 700 test; N_IMAGES=0 keeps all 14262).
+# The figure goes to images/robustness_mnist.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process is fastest on shared CPUs
+
+DATA=${1:?usage: bash run/robustness_compare.sh PATH/TO/mnist-train-14k.npz [OUT_DIR]}
+OUT=${2:-./results/robustness_mnist}
+EPOCHS=${EPOCHS:-5}
+N_IMAGES=${N_IMAGES:-7000}
+SAMPLES=${SAMPLES:-500}          # test images attacked per model
+PGD_STEPS=${PGD_STEPS:-20}
+FIGURE=${FIGURE:-images/robustness_mnist.png}
+# The LCA-CNN joins when main_fast.py knows --model LCACNN (WITH_LCA=0 leaves it out).
+WITH_LCA=${WITH_LCA:-1}
+LCA_FLAGS=${LCA_FLAGS:---lca_feats 32 --lca_lambda 0.25 --lca_tau 100 --lca_iters 100 --lca_stride 1 --lca_ksize 5 --dict_training learn}
+
+mkdir -p "$OUT"
+if [ "$N_IMAGES" -gt 0 ]; then  # the first N_IMAGES images (MNIST's order is already random)
+  SUBSET="$OUT/mnist-first-$N_IMAGES.npz"
+  [ -f "$SUBSET" ] || python -c "import numpy as np, sys
+d = np.load(sys.argv[1]); n = int(sys.argv[3])
+np.savez(sys.argv[2], x=d['x'][:n], y=d['y'][:n])" "$DATA" "$SUBSET" "$N_IMAGES"
+  DATA=$SUBSET
+fi
+
+ARCH=(--task npz --data-path "$DATA" --channels 16 32 --kernels 3 3 --paddings 1 1 --pools mm
+      --fc 10 --T1 20 --T2 4 --mbs 64 --seed 0 --device cpu)
+
+# The run directory holding the newest best.pt under a results dir, or nothing.
+latest_run() {
+  local best
+  best=$(find "$1" -name best.pt -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2-)
+  if [ -n "$best" ]; then dirname "$best"; fi
+}
+
+train_and_attack() {  # label, folder name, then extra flags of main_fast.py
+  local name=$1 slug=$2; shift 2
+  local dir="$OUT/$slug" run
+  run=$(latest_run "$dir")
+  if [ -z "$run" ]; then
+    python main_fast.py "${ARCH[@]}" "$@" --epochs "$EPOCHS" --save --results-dir "$dir" || return 1
+    run=$(latest_run "$dir")
+  fi
+  echo "$name: $run"
+  python main_fast.py "${ARCH[@]}" "$@" --todo attack --load-path "$run" \
+    --attack-samples "$SAMPLES" --pgd-steps "$PGD_STEPS" || return 1
+  RUNS+=("$name=$run")
+}
+
+RUNS=()
+train_and_attack "EP CNN" ep_cnn --alg EP
+train_and_attack "BPTT CNN" bptt_cnn --alg BPTT
+if [ "$WITH_LCA" = 1 ] && python main_fast.py --help | grep -q LCACNN; then
+  # shellcheck disable=SC2086  # LCA_FLAGS is a list of flags
+  train_and_attack "EP LCA-CNN" ep_lcacnn --model LCACNN --alg EP $LCA_FLAGS \
+    || echo "the LCACNN run failed: check LCA_FLAGS against main_fast.py --help"
+else
+  echo "comparing the EP and BPTT CNNs only (WITH_LCA=$WITH_LCA)"
+fi
+python -m eplcanet.robustness plot "$FIGURE" "${RUNS[@]}"

@@ -1,0 +1,430 @@
+"""Tests of eplcanet.robustness: the differentiable predictor, PGD's sanity properties on a small
+trained network, the corruptions, the robustness flags and main_fast.py --todo attack / corrupt."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+
+import pytest
+import torch
+
+from eplcanet import robustness as rb
+from eplcanet.cli import parse_args
+from eplcanet.data import CIFAR_MEAN, CIFAR_STD, ImageDataset, load_task, make_loader
+from eplcanet.energy.dynamics import relax
+from eplcanet.energy.learning import Phases
+from eplcanet.energy.networks import P_CNN
+from eplcanet.experiment import run
+from eplcanet.plots import plot_corruptions, plot_robustness
+from eplcanet.train import evaluate, train_epoch
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T1, T2 = 10, 3
+
+
+def _is_png(path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _small_net(in_shape=(1, 8, 8), seed: int = 0) -> P_CNN:
+    torch.manual_seed(seed)
+    return P_CNN(
+        in_shape, [16], [3], [1], [1], "m", [10], act="my_hard_sig", softmax=True, loss="cel"
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A one-conv-layer EP network trained on scikit-learn's digits (about 90% test accuracy),
+    and 200 test images as pixels."""
+    torch.set_num_threads(1)
+    splits = load_task("digits", seed=0)
+    net = _small_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    phases = Phases(T1, T2, (0.0, 0.5), thirdphase=True)
+    for epoch in range(1, 5):
+        loader = make_loader(splits.train, 32, shuffle=True, seed=0, epoch=epoch)
+        train_epoch(net, opt, loader, "EP", phases, "cpu")
+    net.eval()
+    acc = evaluate(net, make_loader(splits.test, 256, shuffle=False), T1, "cpu")
+    assert acc > 0.8, f"the fixture network did not learn (test accuracy {acc:.3f})"
+    pixels, labels = rb.dataset_pixels(splits.test, torch.arange(200))
+    return net, pixels, labels
+
+
+# --------------------------------------------------------------------------------------------
+# The predictor
+
+
+def test_predictor_gives_the_free_equilibrium_logits_in_any_grad_mode():
+    net = _small_net((3, 8, 8))
+    pixels = torch.rand(5, 3, 8, 8)
+    x = (pixels - torch.tensor(CIFAR_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR_STD).view(3, 1, 1)
+    with torch.no_grad():
+        expected = net.output(relax(net, net.input_drive(x), net.init_states(5), T1))
+    for attack_step in (1, T2, T1):
+        model = rb.EquilibriumPredictor(net, T1, attack_step, CIFAR_MEAN, CIFAR_STD)
+        with torch.no_grad():
+            torch.testing.assert_close(model(pixels), expected)
+        torch.testing.assert_close(model(pixels.requires_grad_(True)), expected)
+
+
+def test_predictor_gradient_is_bptt_through_the_last_attack_steps():
+    torch.manual_seed(1)
+    net = P_CNN(
+        (1, 8, 8), [8], [3], [1], [1], "m", [32, 10], act="my_hard_sig", softmax=True, loss="cel"
+    ).double()  # two layers of neurons, then the readout
+    pixels = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def grad_of(model_fn):
+        p = pixels.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model_fn(p), y).backward()
+        return p.grad
+
+    def truncated(p, k):
+        with torch.no_grad():
+            s = relax(net, net.input_drive(p), net.init_states(4), T1 - k)
+        return net.output(relax(net, net.input_drive(p), s, k))
+
+    for k in (2, T1):
+        model = rb.EquilibriumPredictor(net, T1, k)
+        g = grad_of(model)
+        torch.testing.assert_close(g, grad_of(lambda p, k=k: truncated(p, k)))
+        assert g.abs().sum() > 0
+    # Fewer unrolled steps give a different (truncated) gradient.
+    assert not torch.allclose(
+        grad_of(rb.EquilibriumPredictor(net, T1, 2)), grad_of(rb.EquilibriumPredictor(net, T1, T1))
+    )
+    # One step cannot carry the gradient from the output back through two layers.
+    with pytest.raises(ValueError, match="number of layers"):
+        rb.EquilibriumPredictor(net, T1, 1)
+
+
+def test_to_pixels_undoes_the_dataset_normalisation():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    ds = ImageDataset(images, torch.zeros(6, dtype=torch.long), mean=CIFAR_MEAN, std=CIFAR_STD)
+    x = torch.stack([ds[i][0] for i in range(6)])
+    mean, std = rb.dataset_normalization(ds)
+    torch.testing.assert_close(rb.to_pixels(x, mean, std), images.float() / 255, atol=1e-6, rtol=0)
+    pixels, _ = rb.dataset_pixels(ds)
+    assert torch.equal(pixels, images.float() / 255)
+    assert rb.dataset_normalization(ImageDataset(images, torch.zeros(6, dtype=torch.long))) == (
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"predict_step": 0, "attack_step": 1}, "predict_step"),
+        ({"predict_step": 5, "attack_step": 6}, "attack_step"),
+        ({"predict_step": 5, "attack_step": 0}, "attack_step"),
+        ({"predict_step": 5, "attack_step": 2, "mean": (0.5,)}, "together"),
+    ],
+)
+def test_predictor_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rb.EquilibriumPredictor(_small_net(), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks
+
+
+def test_attack_sanity_on_a_trained_network(trained):
+    net, pixels, labels = trained
+    model = rb.EquilibriumPredictor(net, T1, T2)
+    clean = int((rb.predict(model, pixels) == labels).sum()) / len(labels)
+    eps = {"Linf": [0.0, 0.05, 0.1, 0.2, 0.3], "L2": [0.0, 0.5, 1.0, 2.0]}
+    rows = rb.evaluate_attacks(
+        model, pixels, labels, eps, pgd_steps=10, batch_size=100, progress=False
+    )
+    assert [(r["norm"], r["epsilon"]) for r in rows] == [(n, e) for n in eps for e in eps[n]]
+    slack = 2 / len(labels)
+    for norm in eps:
+        sel = [r for r in rows if r["norm"] == norm]
+        # epsilon 0: the attack changes nothing.
+        assert sel[0]["accuracy"] == sel[0]["accuracy_pgd"] == sel[0]["accuracy_noise"] == clean
+        assert sel[0]["max_perturbation"] == 0.0
+        for a, b in itertools.pairwise(sel):
+            assert b["accuracy"] <= a["accuracy"]
+            assert b["accuracy_pgd"] <= a["accuracy_pgd"] + slack
+        for r in sel:
+            assert r["accuracy"] <= r["accuracy_pgd"]
+            assert r["max_perturbation"] <= r["epsilon"] + 1e-6
+        top = sel[-1]
+        # The attack beats random noise of the same size by far, and breaks the network.
+        assert top["accuracy_pgd"] < top["accuracy_noise"] - 0.3
+        assert top["accuracy"] < clean - 0.4
+        assert top["accuracy_noise"] > clean - 0.25
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
+def test_pgd_stays_in_the_ball_and_the_pixel_range_and_uses_its_budget(trained, norm, eps):
+    net, pixels, labels = trained
+    model = rb.EquilibriumPredictor(net, T1, T2)
+    x, y = pixels[:64], labels[:64]
+    gen = torch.Generator().manual_seed(0)
+    adv = rb.pgd(model, x, y, eps, norm, steps=10, generator=gen)
+    size = rb.perturbation_norms(adv - x, norm)
+    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+    assert bool((size <= eps + 1e-6).all())
+    assert size.max() > 0.9 * eps
+    with torch.no_grad():
+        loss_clean = torch.nn.functional.cross_entropy(model(x), y)
+        loss_adv = torch.nn.functional.cross_entropy(model(adv), y)
+    assert loss_adv > loss_clean + 0.5
+    noisy = rb.random_perturbation(x, eps, norm, generator=gen)
+    assert bool((rb.perturbation_norms(noisy - x, norm) <= eps + 1e-6).all())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchattacks") is None, reason="torchattacks is not installed"
+)
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_pgd_returns_what_torchattacks_returns(trained, norm):
+    import torchattacks
+
+    net, pixels, labels = trained
+    model = rb.EquilibriumPredictor(net, T1, T2)
+    x, y = pixels[:32], labels[:32]
+    eps, alpha, steps = (0.1, 0.02, 7) if norm == "Linf" else (1.0, 0.2, 7)
+    ours = rb.pgd(model, x, y, eps, norm, steps=steps, alpha=alpha, random_start=False)
+    cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
+    theirs = cls(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_pgd_and_evaluation_refuse_bad_arguments(trained):
+    net, pixels, labels = trained
+    model = rb.EquilibriumPredictor(net, T1, T2)
+    with pytest.raises(ValueError, match="Linf"):
+        rb.pgd(model, pixels[:2], labels[:2], 0.1, "L1")
+    with pytest.raises(ValueError, match="eps"):
+        rb.pgd(model, pixels[:2], labels[:2], -0.1, "L2")
+    with pytest.raises(ValueError, match="steps"):
+        rb.pgd(model, pixels[:2], labels[:2], 0.1, "L2", steps=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        rb.evaluate_attacks(model, pixels[:2], labels[:2], {"L2": [0.5, -1.0]})
+
+
+# --------------------------------------------------------------------------------------------
+# Corruptions
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_corruptions_grow_with_severity_and_stay_in_range(channels):
+    torch.manual_seed(0)
+    # Smooth images (JPEG keeps noise-like images almost as badly at every quality).
+    low = torch.rand(16, channels, 4, 4)
+    x = torch.nn.functional.interpolate(low, size=(16, 16), mode="bilinear") * 0.8 + 0.1
+    for name in rb.CORRUPTIONS:
+        errors = []
+        for s in rb.SEVERITIES:
+            out = rb.corrupt(x, name, s, generator=torch.Generator().manual_seed(s))
+            assert out.shape == x.shape and out.dtype == x.dtype, name
+            assert out.min() >= 0 and out.max() <= 1, name
+            errors.append((out - x).abs().mean().item())
+        assert errors[0] > 0, name
+        assert errors[-1] > errors[0] * 1.3, (name, errors)
+        if name != "jpeg":  # JPEG's error at nearby qualities may wobble
+            assert all(b >= a for a, b in itertools.pairwise(errors)), (name, errors)
+
+
+def test_corruptions_by_their_definition():
+    torch.manual_seed(0)
+    grey = torch.rand(4, 1, 8, 8)
+    c = rb.SEVERITY_PARAMS["brightness"][2]
+    torch.testing.assert_close(rb.corrupt(grey, "brightness", 3), (grey + c).clamp(0, 1))
+    rgb = torch.rand(4, 3, 8, 8) * 0.5
+    out = rb.corrupt(rgb, "brightness", 3)
+    # Hue and saturation are kept: the colour is scaled, its value raised by c.
+    torch.testing.assert_close(out.amax(1), rgb.amax(1) + c)
+    torch.testing.assert_close(out / out.amax(1, keepdim=True), rgb / rgb.amax(1, keepdim=True))
+    k = rb.SEVERITY_PARAMS["contrast"][4]
+    out = rb.corrupt(rgb, "contrast", 5)
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), rgb.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(out.std(dim=(1, 2, 3)), k * rgb.std(dim=(1, 2, 3)))
+    flat = torch.full((2, 1, 8, 8), 0.5)
+    torch.testing.assert_close(rb.corrupt(flat, "gaussian_blur", 5), flat)
+    noisy = rb.corrupt(flat, "impulse_noise", 5, generator=torch.Generator().manual_seed(0))
+    changed = noisy != 0.5
+    assert set(noisy[changed].tolist()) <= {0.0, 1.0}
+    assert abs(changed.float().mean().item() - rb.SEVERITY_PARAMS["impulse_noise"][4]) < 0.05
+    g = rb.corrupt(flat, "gaussian_noise", 5, generator=torch.Generator().manual_seed(0))
+    assert abs((g - flat).std().item() - rb.SEVERITY_PARAMS["gaussian_noise"][4]) < 0.02
+    a = rb.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
+    b = rb.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_corrupt_refuses_bad_arguments():
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="gaussian_noise"):
+        rb.corrupt(x, "fog", 1)
+    with pytest.raises(ValueError, match="severity"):
+        rb.corrupt(x, "contrast", 6)
+    with pytest.raises(ValueError, match="shape"):
+        rb.corrupt(x[0], "contrast", 1)
+
+
+def test_evaluate_corruptions_rows(trained):
+    net, pixels, labels = trained
+    model = rb.EquilibriumPredictor(net, T1, T2)
+    rows = rb.evaluate_corruptions(
+        model, pixels, labels, ["gaussian_noise", "contrast"], [1, 5], progress=False
+    )
+    clean = int((rb.predict(model, pixels) == labels).sum()) / len(labels)
+    assert rows[0] == {
+        "corruption": "clean",
+        "severity": 0,
+        "accuracy": clean,
+        "n": 200,
+        "predict_step": T1,
+    }
+    assert [(r["corruption"], r["severity"]) for r in rows[1:]] == [
+        ("gaussian_noise", 1),
+        ("gaussian_noise", 5),
+        ("contrast", 1),
+        ("contrast", 5),
+    ]
+    contrast5 = rows[-1]["accuracy"]
+    assert contrast5 < clean  # a contrast of 0.15 costs the digits network accuracy
+
+
+def test_robustness_plots(tmp_path):
+    rows = [
+        {"norm": n, "epsilon": e, "accuracy": 1 - e / 4, "accuracy_noise": 1 - e / 8}
+        for n in ("Linf", "L2")
+        for e in (0.0, 0.5, 1.0)
+    ]
+    assert _is_png(plot_robustness({"a": rows, "b": rows[:3]}, tmp_path / "r.png"))
+    path = rb.write_rows(
+        [dict(r, n=1) for r in rows],
+        ("norm", "epsilon", "accuracy", "accuracy_noise", "n"),
+        tmp_path / "attack.csv",
+    )
+    assert rb.read_rows(path)[1] == {
+        "norm": "Linf",
+        "epsilon": 0.5,
+        "accuracy": 0.875,
+        "accuracy_noise": 0.9375,
+        "n": 1,
+    }
+    assert _is_png(plot_robustness({"csv": path}, tmp_path))
+    assert (tmp_path / "robustness.png").is_file()
+    crows = [{"corruption": "clean", "severity": 0, "accuracy": 0.9}] + [
+        {"corruption": c, "severity": s, "accuracy": 0.9 - 0.1 * s}
+        for c in ("jpeg", "contrast")
+        for s in (1, 2, 3)
+    ]
+    assert _is_png(plot_corruptions(crows, tmp_path / "c.png"))
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_robustness({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lack"):
+        plot_robustness({"a": [{"norm": "L2"}]}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="other than 'clean'"):
+        plot_corruptions(crows[:1], tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------------------------
+# main_fast.py flags and --todo attack / corrupt
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--todo", "attack"], "--load-path"),
+        (["--todo", "attack", "--load-path", "r", "--epsilons", "0.1"], "--attack-norm Linf or L2"),
+        (
+            ["--todo", "attack", "--load-path", "r", "--attack-norm", "L2", "--epsilons", "-1"],
+            ">= 0",
+        ),
+        (["--todo", "attack", "--load-path", "r", "--attack-step", "30"], "--attack-step"),
+        (["--todo", "corrupt", "--load-path", "r", "--predict-step", "0"], "--predict-step"),
+        (["--todo", "attack", "--load-path", "r", "--pgd-steps", "0"], "--pgd-steps"),
+        (["--todo", "corrupt", "--load-path", "r", "--attack-samples", "0"], "--attack-samples"),
+    ],
+)
+def test_robustness_flags_are_checked_before_any_work(extra, match):
+    with pytest.raises(SystemExit, match=match):
+        parse_args(extra)
+
+
+def test_robustness_flag_defaults_and_choices(capsys):
+    args = parse_args(["--todo", "attack", "--load-path", "r", "--T1", "12", "--T2", "5"])
+    assert (args.predict_step, args.attack_step, args.attack_norm) == (12, None, "both")
+    args = parse_args(["--todo", "corrupt", "--load-path", "r", "--predict-step", "3"])
+    assert (args.predict_step, args.attack_step) == (3, None)  # run_todo: T2, >= the layers
+    assert args.corruptions == list(rb.CORRUPTIONS) and args.severities == [1, 2, 3, 4, 5]
+    for bad in (["--corruptions", "fog"], ["--severities", "6"], ["--attack-norm", "L1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--todo", "corrupt", "--load-path", "r", *bad])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
+    arch = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
+    run(parse_args([*arch, "--epochs", "1", "--save", "--results-dir", str(tmp_path)]), argv=[])
+    (run_dir,) = tmp_path.glob("digits/EP/CNN/*/run_1")
+    out = run(
+        parse_args(
+            [
+                *arch,
+                "--todo",
+                "attack",
+                "--load-path",
+                str(run_dir),
+                "--attack-samples",
+                "40",
+                "--pgd-steps",
+                "3",
+                "--attack-norm",
+                "Linf",
+                "--epsilons",
+                "0",
+                "0.3",
+            ]
+        ),
+        argv=[],
+    )
+    rows = rb.read_rows(run_dir / "attack.csv")
+    assert [(r["norm"], r["epsilon"], r["n"]) for r in rows] == [("Linf", 0, 40), ("Linf", 0.3, 40)]
+    assert rows[1]["predict_step"] == 6 and rows[1]["attack_step"] == 2
+    assert rows[1]["accuracy"] <= rows[0]["accuracy"]
+    assert _is_png(run_dir / "attack.png") and out["csv"] == run_dir / "attack.csv"
+    run(
+        parse_args(
+            [
+                *arch,
+                "--todo",
+                "corrupt",
+                "--load-path",
+                str(run_dir),
+                "--attack-samples",
+                "40",
+                "--corruptions",
+                "jpeg",
+                "impulse_noise",
+                "--severities",
+                "1",
+                "5",
+            ]
+        ),
+        argv=[],
+    )
+    rows = rb.read_rows(run_dir / "corruptions.csv")
+    assert [(r["corruption"], r["severity"]) for r in rows] == [
+        ("clean", 0),
+        ("jpeg", 1),
+        ("jpeg", 5),
+        ("impulse_noise", 1),
+        ("impulse_noise", 5),
+    ]
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] == 40 for r in rows)
+    assert rows[0]["accuracy"] * 40 == round(rows[0]["accuracy"] * 40)  # a count / n
+    assert _is_png(run_dir / "corruptions.png")
