@@ -9,9 +9,10 @@ from .energy.activations import ACTIVATIONS
 from .energy.learning import ALGORITHMS
 from .energy.networks import LOSSES, POOLS
 from .lca_experiment import add_lca_arguments, validate_lca
+from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES, check_args
 
 MODELS = ("MLP", "CNN", "VFCNN", "LCACNN")
-TODOS = ("train", "evaluate", "gducheck")
+TODOS = ("train", "evaluate", "gducheck", *ROBUSTNESS_TODOS)
 OPTIMS = ("sgd", "adam")
 
 
@@ -75,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")
     a("--check-thm", action="store_true", help="train: run the GDU check at each epoch end")
     a("--gdu-batch", type=int, default=8, help="gducheck: number of samples")
+    # robustness: --todo attack / corrupt on the best model of --load-path (eplcanet.robustness)
+    a("--attack-norm", default="both", choices=NORM_CHOICES, help="attack: PGD norm(s)")
+    a("--epsilons", type=float, nargs="+", default=None,
+      help="attack: radii in pixel units (pixels in [0, 1]); needs one --attack-norm (default: "
+      "Linf 0 .05 .1 .15 .2 .3 and L2 0 .5 1 1.5 2 3 for grey images, CIFAR-scale for colour)")
+    a("--predict-step", type=int, default=None,
+      help="attack/corrupt: free steps before every prediction (default --T1)")
+    a("--attack-step", type=int, default=None,
+      help="attack: the gradient flows through the last N of the --predict-step steps "
+      "(default --T2)")
+    a("--pgd-steps", type=int, default=20, help="attack: PGD iterations per radius")
+    a("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS,
+      metavar="NAME", help=f"corrupt: among {' '.join(CORRUPTIONS)}")
+    a("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES,
+      help="corrupt: severities")
+    a("--attack-samples", type=int, default=1000,
+      help="attack/corrupt: test images used (a seeded random subset; at most the test set)")
     add_lca_arguments(p)
     return p
 
@@ -143,6 +161,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"error: --val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.todo == "evaluate" and not args.load_path:
         raise SystemExit("error: --todo evaluate needs --load-path RUN_DIR")
+    if args.todo in ROBUSTNESS_TODOS:
+        check_args(args)  # --load-path, norms, radii, steps, corruptions
     if args.same_update and args.model != "VFCNN":
         raise SystemExit("error: --same-update only applies to --model VFCNN")
     return args

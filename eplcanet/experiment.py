@@ -16,6 +16,7 @@ from .data import load_task, make_loader
 from .energy.learning import Phases, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
+from .robustness import ROBUSTNESS_TODOS, run_todo
 from .train import evaluate, train_epoch
 
 
@@ -108,6 +109,8 @@ def run(args, argv: list[str] | None = None) -> dict:
     if args.todo == "train":
         return _train(args, argv, net, opt, sched, splits, device, run_dir)
     _load_trained(net, run_dir, device)
+    if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.robustness
+        return run_todo(args, net, splits, device, run_dir)
     if args.todo == "evaluate":
         test = make_loader(splits.test, args.mbs, shuffle=False)
         acc = evaluate(net, test, args.T1, device, desc="test")
