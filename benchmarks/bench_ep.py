@@ -12,6 +12,7 @@ parameter gradients, checked before timing.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,6 +73,34 @@ def minibatch_flops(net: P_CNN, batch: int, phases: Phases) -> float:
     return step_flops(net, batch) * steps + 2 * 3 * step_flops(net, batch) / 2
 
 
+_PEAK_SCRIPT = """
+import resource, sys, time, torch
+from benchmarks.bench_ep import build
+from eplcanet.energy.learning import Phases, ep_grads
+torch.manual_seed(0)
+net = build((1, 28, 28), [32, 64], 5, 0)
+x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+t0 = time.perf_counter()
+ep_grads(net, x, y, Phases(int(sys.argv[1]), 10, (0.0, 0.5), thirdphase=True))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)
+"""
+
+
+def peak_memory_rows(t1_values=(50, 500)) -> list[Row]:
+    """Peak resident memory (MiB) of one EP minibatch (MNIST-size CNN, batch 64) per T1, each in a
+    fresh process: it must not grow with T1 (no autograd graph is kept across steps)."""
+    root = Path(__file__).resolve().parents[1]
+    peaks = {}
+    for t1 in t1_values:
+        out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(t1)], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.split()
+        peaks[t1] = (float(out[0]), float(out[1]))
+    lo, hi = t1_values
+    return [Row(name=f"EP peak memory, T1={hi} vs T1={lo} (MNIST-size CNN, batch 64)",
+                unit="minibatch", ours_s=peaks[hi][1],
+                extra={f"peak RSS T1={t}": f"{peaks[t][0]:.0f} MiB" for t in t1_values})]
+
+
 def collect(quick: bool = False) -> list[Row]:
     phases = Phases(T1=4 if quick else 10, T2=2 if quick else 3, betas=(0.0, 0.5), thirdphase=True)
     rows = []
@@ -94,7 +123,7 @@ def collect(quick: bool = False) -> list[Row]:
                         unit=f"minibatch (T1={phases.T1}, 2x T2={phases.T2})", ours_s=t_ours,
                         ref_s=t_ref, ref_name="autograd of Phi per step",
                         flops=minibatch_flops(net, batch, phases)))
-    return rows
+    return rows + peak_memory_rows((20, 200) if quick else (50, 500))
 
 
 def main() -> None:
