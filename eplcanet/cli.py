@@ -8,7 +8,7 @@ from .data import TASKS
 from .energy.activations import ACTIVATIONS
 from .energy.learning import ALGORITHMS
 from .energy.networks import LOSSES, POOLS
-from .lca_experiment import add_lca_arguments, validate_lca
+from .lca_experiment import add_lca_arguments, check_lca_dictionary, validate_lca
 from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES, check_args
 
 MODELS = ("MLP", "CNN", "VFCNN", "LCACNN")
@@ -165,6 +165,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         check_args(args)  # --load-path, norms, radii, steps, corruptions
     if args.same_update and args.model != "VFCNN":
         raise SystemExit("error: --same-update only applies to --model VFCNN")
+    check_lca_dictionary(args)  # last: LCACNN's --lca-dict file fits the flags
     return args
 
 

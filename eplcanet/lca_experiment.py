@@ -2,7 +2,7 @@
 cache and the dictionary files of a run.
 
 ``cli.py`` adds the flags with :func:`add_lca_arguments` and checks them with :func:`validate_lca`
-before any data is loaded; ``experiment.py`` builds the model with :func:`build_lca_cnn`, fills the
+and :func:`check_lca_dictionary` before any data is loaded; ``experiment.py`` builds the model with :func:`build_lca_cnn`, fills the
 code cache with :func:`prepare_code_cache` and, at every epoch end of a saved run, writes the
 dictionary with :func:`save_dictionary_artifacts`.
 
@@ -112,11 +112,12 @@ def _dictionary_file_needed(args: argparse.Namespace) -> bool:
 
 
 def validate_lca(args: argparse.Namespace) -> argparse.Namespace:
-    """Check the LCACNN flags (and adapt the seed's layer lists) before any data is loaded.
+    """Check the LCACNN flags (and adapt the seed's layer lists) before the generic checks.
 
     Other models: refuse LCA flags that differ from their defaults. LCACNN: apply the --pools rule
-    and drop extra trailing list entries with a warning (module docstring), check ranges, the
-    mode combinations and the dictionary file. Raises SystemExit with a message.
+    and drop extra trailing list entries with a warning (module docstring), check ranges and the
+    mode combinations. Raises SystemExit with a message. The dictionary file is checked last, by
+    :func:`check_lca_dictionary`.
     """
     if args.model != "LCACNN":
         given = [flag for dest, (flag, default) in _LCA_FLAGS.items()
@@ -167,9 +168,14 @@ def validate_lca(args: argparse.Namespace) -> argparse.Namespace:
         if args.data_aug:
             _fail("--cache-codes cannot be used with --data-aug: augmented images get new codes "
                   "every epoch")
-    if _dictionary_file_needed(args):
-        check_dictionary_file(args.lca_dict, args.lca_feats, args.lca_ksize, args.dict_training)
     return args
+
+
+def check_lca_dictionary(args: argparse.Namespace) -> None:
+    """LCACNN: the --lca-dict file of a new pretrained/finetune run exists and fits the flags
+    (checked after every other flag, before any data is loaded)."""
+    if args.model == "LCACNN" and _dictionary_file_needed(args):
+        check_dictionary_file(args.lca_dict, args.lca_feats, args.lca_ksize, args.dict_training)
 
 
 def check_dictionary_file(
@@ -192,8 +198,9 @@ def check_dictionary_file(
 def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int]) -> LCA_CNN:
     """The LCACNN of the flags for images of shape (C, H, W), with its dictionary loaded when a
     new pretrained/finetune run starts (a resumed or evaluated run loads its checkpoint's)."""
-    common = dict(out_neurons=args.lca_feats, in_neurons=in_shape[0], kernel_size=args.lca_ksize,
-                  stride=args.lca_stride, pad="same", eta=args.lca_eta)
+    common = {"out_neurons": args.lca_feats, "in_neurons": in_shape[0],
+              "kernel_size": args.lca_ksize, "stride": args.lca_stride, "pad": "same",
+              "eta": args.lca_eta}
     if args.sparse_coder == "lca":
         coder = make_sparse_coder(
             "lca", **common, lambda_=args.lca_lambda, tau=args.lca_tau, lca_iters=args.lca_iters,

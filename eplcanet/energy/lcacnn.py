@@ -184,6 +184,9 @@ class LCA_CNN(EnergyNet):
         self.register_buffer("nudged_steps", torch.zeros((), dtype=torch.long))
         self._memo: tuple[Tensor, int, Tensor] | None = None
         self._cache: CodeCache | None = None
+        # Set by eplcanet.distributed in a multi-process run (None: one process): dictionary
+        # steps then use every process's part of the minibatch, and end identical everywhere.
+        self.dictionary_sync = None
 
     # ----------------------------------------------------------------------------- coding
     @property
@@ -272,13 +275,19 @@ class LCA_CNN(EnergyNet):
         residual = standardise(x) - D(codes); atoms stay unit-norm."""
         if self.dict_training == "pretrained":
             raise RuntimeError("a pretrained dictionary is fixed; use finetune or learn")
+        sync = self.dictionary_sync
+        if sync is not None:  # the step of the global minibatch, as one process would take it
+            x, codes = sync.gather_batch(x), sync.gather_batch(codes)
         xs = standardise(x)
         codes = codes.contiguous()
         residual = xs - self.coder.decode(codes, output_size=tuple(xs.shape[-2:]))
         self.coder.update_dictionary(codes, residual)
+        if sync is not None:  # rank 0's atoms, bit for bit, even after nondeterministic kernels
+            sync.broadcast_(self.dictionary)
 
     def load_dictionary_weights(self, weight: Tensor) -> None:
-        """Copy atoms (F, C, k, k) into the coder (renormalised to unit norm)."""
+        """Copy atoms (F, C, k, k) into the coder, exactly when they are unit-norm (as dictionary
+        files are), else rescaled to unit norm."""
         w = self.dictionary
         if tuple(weight.shape) != tuple(w.shape):
             raise ValueError(
@@ -286,8 +295,12 @@ class LCA_CNN(EnergyNet):
                 "(lca_feats, input channels, lca_ksize, lca_ksize)"
             )
         with torch.no_grad():
-            norms = weight.flatten(1).norm(dim=1).clamp_min(1e-12)
-            w.copy_(weight.to(w) / norms.view(-1, 1, 1, 1).to(w))
+            weight = weight.to(w)
+            norms = weight.flatten(1).norm(dim=1)
+            # Rescaling atoms that are already unit-norm would still flip low bits: keep them.
+            if not bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-5, rtol=0)):
+                weight = weight / norms.clamp_min(1e-12).view(-1, 1, 1, 1)
+            w.copy_(weight)
 
     # ----------------------------------------------------------------------------- code cache
     def enable_code_cache(self) -> None:

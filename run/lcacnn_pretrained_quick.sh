@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quick LCA-RCNN on a CPU with a fixed dictionary (learned first by cifar_dictlearning.py unless LCA_DICT exists); codes cached.
+# Digits by default, or DATA_PATH=FILE.npz (e.g. ../shared/data/cifar10-train-4k.npz).
+#   bash run/lcacnn_pretrained_quick.sh [more main_fast.py flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source run/quick_env.sh
+ensure_dictionary
+python main_fast.py "${TASK[@]}" --device "$DEVICE" --model LCACNN "${NET[@]}" --pools imm \
+  "${LCA[@]}" "${EP[@]}" --dict_training pretrained --lca-dict "$LCA_DICT" --cache-codes "$@"
