@@ -221,7 +221,8 @@ def plot_robustness(
         if missing:
             raise ValueError(f"curves[{label!r}] rows lack {sorted(missing)}")
         checked[label] = rows
-    norms = sorted({r["norm"] for rows in checked.values() for r in rows}, key=str)
+    found = {r["norm"] for rows in checked.values() for r in rows}
+    norms = [n for n in ("Linf", "L2") if n in found] + sorted(found - {"Linf", "L2"}, key=str)
     fig = Figure(figsize=(5 * len(norms), 4))
     axes = np.atleast_1d(fig.subplots(1, len(norms)))
     for ax, norm in zip(axes, norms):
@@ -283,3 +284,96 @@ def plot_corruptions(rows: str | Path | list[dict[str, Any]], path: str | Path) 
                yticklabels=names, xlabel="severity", title="Accuracy (%)")
     fig.colorbar(image, ax=ax_map)
     return _save(fig, _target(path, "corruptions.png"))
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing runs and looking at sparse codes (eval_lcanet.ipynb)
+
+
+def plot_runs(runs: dict[str, str | Path | list[dict[str, Any]]], path: str | Path) -> Path:
+    """Learning curves of several runs on shared axes: test accuracy solid, train dashed (left),
+    training loss (right), one colour per run.
+
+    runs: {label: metrics.csv, its run directory, or rows}. path: the PNG, or a directory to
+    write runs.png into.
+    """
+    if not isinstance(runs, dict) or not runs:
+        raise ValueError("runs must be a non-empty dict {label: metrics.csv / run dir / rows}")
+    fig = Figure(figsize=(11, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for j, (label, metrics) in enumerate(runs.items()):
+        rows = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
+        colour = f"C{j % 10}"
+        for key, style, suffix in (("test_acc", "-", "test"), ("train_acc", "--", "train")):
+            pairs = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if pairs:
+                ax_acc.plot(*zip(*pairs), style, color=colour, marker="o", markersize=3,
+                            label=f"{label} ({suffix})")
+        pairs = [(r["epoch"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+        if pairs:
+            ax_loss.plot(*zip(*pairs), color=colour, marker="o", markersize=3, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy (test solid, train dashed)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _save(fig, _target(path, "runs.png"))
+
+
+def _as_image(t: torch.Tensor) -> np.ndarray:
+    """(C, H, W) -> an (H, W) or (H, W, 3) array scaled to [0, 1] for display."""
+    a = t.detach().float().cpu().numpy()
+    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def plot_reconstructions(
+    inputs: torch.Tensor, recons: torch.Tensor, path: str | Path, n: int = 8
+) -> Path:
+    """Inputs (top row) against their reconstructions D(a) (bottom row), each image scaled to
+    its own range. inputs, recons: (B, C, H, W) of the same shape, C in 1 or 3. path: the PNG,
+    or a directory to write reconstructions.png into."""
+    if inputs.shape != recons.shape or inputs.dim() != 4 or inputs.shape[1] not in (1, 3):
+        raise ValueError(
+            f"inputs and recons must share a (B, C, H, W) shape with C in 1 or 3, got "
+            f"{tuple(inputs.shape)} and {tuple(recons.shape)}"
+        )
+    n = min(n, inputs.shape[0])
+    if n < 1:
+        raise ValueError("need at least one image")
+    fig = Figure(figsize=(1.4 * n, 3.2))
+    axes = fig.subplots(2, n, squeeze=False)
+    for i in range(n):
+        for row, (batch, name) in enumerate(((inputs, "input"), (recons, "reconstruction"))):
+            ax = axes[row, i]
+            ax.imshow(_as_image(batch[i]), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(name, fontsize=8)
+    return _save(fig, _target(path, "reconstructions.png"))
+
+
+def plot_code_histograms(codes: torch.Tensor, path: str | Path, tol: float = 1e-8) -> Path:
+    """Sparsity of codes a (B, F, ...) or (B, F): the values of the active coefficients
+    (|a| > tol, log counts) and the fraction of active coefficients per sample. path: the PNG,
+    or a directory to write code_sparsity.png into."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() < 2 or codes.numel() == 0:
+        raise ValueError("codes must be a non-empty (batch, features, ...) tensor")
+    flat = codes.detach().float().cpu().flatten(1)
+    active = flat.abs() > tol
+    fraction = active.float().mean(1).numpy()
+    fig = Figure(figsize=(10, 3.8))
+    ax_val, ax_frac = fig.subplots(1, 2)
+    values = flat[active].numpy()
+    if values.size:
+        ax_val.hist(values, bins=60, color="tab:purple", log=True)
+    ax_val.set(xlabel="coefficient value", ylabel="count (log)",
+               title=f"Active coefficients ({100 * active.float().mean().item():.2f}% active)")
+    ax_frac.hist(fraction, bins=30, color="tab:green")
+    ax_frac.set(xlabel="fraction of active coefficients", ylabel="samples",
+                title="Activity per sample")
+    for ax in (ax_val, ax_frac):
+        ax.grid(alpha=0.3)
+    return _save(fig, _target(path, "code_sparsity.png"))
