@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots, runs
+from . import distributed, plots, runs
 from .data import load_task, make_loader
 from .energy.learning import Phases, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
@@ -92,30 +92,43 @@ def _run_dir(args) -> Path | None:
 
 
 def run(args, argv: list[str] | None = None) -> dict:
-    """Execute --todo; returns the final metrics (also written to the run directory)."""
-    argv = sys.argv if argv is None else argv
-    device = resolve_device(args.device)
+    """Execute --todo; returns the final metrics (also written to the run directory).
+
+    Under torchrun: one process of a data-parallel run (eplcanet.distributed).
+    """
+    with distributed.session(resolve_device(args.device)) as dist:
+        return _run(args, sys.argv if argv is None else argv, dist)
+
+
+def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
+    device = dist.device
+    dist.local_batch(args.mbs)  # refuse a --mbs the processes cannot share, before any work
     seed_everything(args.seed)
     if args.load_path and not (Path(args.load_path) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: --load-path {args.load_path} has no checkpoint.pt")
-    splits = load_task(args.task, data_dir=args.data_dir, data_path=args.data_path,
-                       download=args.download, val_fraction=args.val_fraction, seed=args.seed,
-                       data_aug=args.data_aug, image_size=args.image_size)
+    with dist.main_first():  # with --download: one download, then the others read the files
+        splits = load_task(args.task, data_dir=args.data_dir, data_path=args.data_path,
+                           download=args.download, val_fraction=args.val_fraction,
+                           seed=args.seed, data_aug=args.data_aug, image_size=args.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     net = build_model(args, in_shape, splits.n_classes).to(device)
+    dist.prepare_model(net)
     prepare_code_cache(args, net, splits, device)  # LCACNN --cache-codes only
     opt, sched = build_optimizer(args, net)
-    run_dir = _run_dir(args)
+    # Rank 0 alone creates a new run directory; every process reads a resumed one.
+    run_dir = _run_dir(args) if dist.is_main or args.load_path else None
     if args.todo == "train":
-        return _train(args, argv, net, opt, sched, splits, device, run_dir)
+        return _train(args, argv, net, opt, sched, splits, device, run_dir, dist)
     _load_trained(net, run_dir, device)
-    if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.robustness
-        return run_todo(args, net, splits, device, run_dir)
     if args.todo == "evaluate":
-        test = make_loader(splits.test, args.mbs, shuffle=False)
-        acc = evaluate(net, test, args.T1, device, desc="test")
+        test = dist.eval_loader(splits.test, args.mbs)
+        acc = evaluate(net, test, args.T1, device, desc="test", dist=dist)
         print(f"test accuracy: {100 * acc:.2f}%")
         return {"test_acc": acc}
+    if not dist.is_main:  # attacks, corruptions and the GDU check run on rank 0 alone
+        return {}
+    if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.robustness
+        return run_todo(args, net, splits, device, run_dir)
     return _gducheck(args, net, splits, device, run_dir)
 
 
@@ -127,35 +140,41 @@ def _load_trained(net: EnergyNet, run_dir: Path | None, device) -> None:
     runs.load_state_dict(best if best.is_file() else run_dir / "checkpoint.pt", net)
 
 
-def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:
+def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
     phases = phases_of(args)
     start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
     log = None
+    writes = run_dir is not None and dist.is_main  # only rank 0 writes files
     if run_dir is not None:
         if args.load_path:
             state = runs.load_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
                                          scheduler=sched)
             start_epoch, best = state["epoch"], state["best"]
             print(f"resuming {run_dir} after epoch {start_epoch}")
-        else:
-            runs.save_hyperparameters(run_dir, vars(args), argv)
-        log = runs.MetricsLog(run_dir)
-        log.truncate_after(start_epoch)
+        elif writes:
+            hparams = vars(args) if not dist.enabled else {**vars(args),
+                                                           "world_size": dist.world_size}
+            runs.save_hyperparameters(run_dir, hparams, argv)
+        if writes:
+            log = runs.MetricsLog(run_dir)
+            log.truncate_after(start_epoch)
         print(f"run directory: {run_dir}")
-    val_loader = make_loader(splits.val, args.mbs, shuffle=False)
-    test_loader = make_loader(splits.test, args.mbs, shuffle=False)
+    val_loader = dist.eval_loader(splits.val, args.mbs)
+    test_loader = dist.eval_loader(splits.test, args.mbs)
     metrics: dict = {}
     for epoch in range(start_epoch + 1, args.epochs + 1):
         t0 = time.perf_counter()
         net.train()
-        loader = make_loader(splits.train, args.mbs, shuffle=True, seed=args.seed, epoch=epoch)
+        loader = dist.train_loader(splits.train, args.mbs, seed=args.seed, epoch=epoch)
         stats, states = train_epoch(net, opt, loader, args.alg, phases, device,
-                                    desc=f"epoch {epoch}/{args.epochs}")
+                                    desc=f"epoch {epoch}/{args.epochs}", dist=dist)
         if sched is not None:
             sched.step()
+        dist.check_in_sync(net, f"after epoch {epoch}")
         net.eval()
-        val_acc = evaluate(net, val_loader, args.T1, device, "val") if len(splits.val) else 0.0
-        test_acc = evaluate(net, test_loader, args.T1, device, "test")
+        val_acc = (evaluate(net, val_loader, args.T1, device, "val", dist=dist)
+                   if len(splits.val) else 0.0)
+        test_acc = evaluate(net, test_loader, args.T1, device, "test", dist=dist)
         metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
                        seconds=time.perf_counter() - t0)
         print(f"epoch {epoch}: loss {stats['train_loss']:.4f} train {100 * stats['train_acc']:.2f}%"
@@ -163,7 +182,7 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:
         improved = val_acc > best["val_acc"]
         if improved:
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
-        if run_dir is not None:
+        if writes:
             log.append(**metrics)
             if improved:
                 runs.save_state_dict(run_dir / "best.pt", net)
@@ -172,8 +191,9 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir) -> dict:
             plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
             plots.plot_neural_activity(states, run_dir / "neural_activity.png")
             save_dictionary_artifacts(net, run_dir, epoch)  # LCACNN only
-            if args.check_thm:
-                _gducheck(args, net, splits, device, run_dir)
+            if args.check_thm:  # drawing nothing from the RNG the processes share
+                with dist.main_only_rng():
+                    _gducheck(args, net, splits, device, run_dir)
     if metrics:
         print(f"best validation accuracy {100 * best['val_acc']:.2f}% at epoch {best['epoch']} "
               f"(test accuracy there: {100 * best.get('test_acc', 0):.2f}%)")

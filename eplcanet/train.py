@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from tqdm.auto import tqdm
 
@@ -9,18 +11,28 @@ from .energy.dynamics import relax
 from .energy.learning import Phases, estimate_grads
 from .energy.networks import EnergyNet
 
+if TYPE_CHECKING:
+    from .distributed import DistContext
+
 
 @torch.no_grad()
-def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval") -> float:
-    """Accuracy (fraction in [0, 1]) of the free-phase equilibrium after T1 steps."""
+def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
+             dist: DistContext | None = None) -> float:
+    """Accuracy (fraction in [0, 1]) of the free-phase equilibrium after T1 steps.
+
+    With ``dist`` (several processes, each with its own part of the data): over all parts.
+    """
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+    quiet = dist is not None and not dist.is_main
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x, y = x.to(device), y.to(device)
         states = relax(net, net.input_drive(x), net.init_states(x.shape[0]), T1)
         correct += (net.predict(states) == y).sum()
         total += y.shape[0]
-    return correct.item() / max(total, 1)
+    if dist is not None:
+        correct, total = dist.all_sum(correct, total)
+    return float(correct) / max(total, 1)
 
 
 def train_epoch(
@@ -31,20 +43,26 @@ def train_epoch(
     phases: Phases,
     device,
     desc: str = "train",
+    dist: DistContext | None = None,
 ) -> tuple[dict, list[torch.Tensor]]:
     """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
 
     Returns ({"train_loss", "train_acc"} measured on the free equilibria, last free states).
+    With ``dist`` (several processes, each with its part of every minibatch): the gradients are
+    averaged over the global minibatch before each step, and the metrics are over all parts.
     """
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     states: list[torch.Tensor] = []
-    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    bar = tqdm(loader, desc=desc, leave=False,
+               disable=True if dist is not None and not dist.is_main else None)
     for it, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         states = estimate_grads(net, x, y, alg, phases)
+        if dist is not None:
+            dist.average_grads(net, y.shape[0])
         optimizer.step()
         with torch.no_grad():
             loss_sum += net.loss_per_sample(states, y).sum()
@@ -52,5 +70,7 @@ def train_epoch(
         total += y.shape[0]
         if it % 20 == 0:  # a host sync only every 20 minibatches, for the progress bar
             bar.set_postfix(acc=f"{correct.item() / total:.3f}")
+    if dist is not None:
+        loss_sum, correct, total = dist.all_sum(loss_sum, correct, total)
     n = max(total, 1)
-    return {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}, states
+    return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}, states

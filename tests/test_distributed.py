@@ -1,0 +1,256 @@
+"""Data-parallel training: a run on 2 CPU processes (gloo) equals the single-process run with the
+same global minibatch, its checkpoint resumes in one process, and the sharding covers the data
+exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from eplcanet.cli import parse_args
+from eplcanet.data import ImageDataset, make_loader
+from eplcanet.distributed import DistContext, session, shard_bounds
+from eplcanet.experiment import run
+from eplcanet.sparse import load_dictionary, save_dictionary
+
+ROOT = Path(__file__).resolve().parents[1]
+# 150 digits as an npz: 121 training images, so that --mbs 16 leaves a last minibatch of 9
+# (parts of 5 and 4: the gradient average must weight the parts by their sizes).
+TINY = ["--channels", "4", "--T1", "5", "--T2", "2", "--mbs", "16", "--device", "cpu",
+        "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    path = tmp_path_factory.mktemp("data") / "digits150.npz"
+    x = np.round(digits.images[:150] * 255 / 16).astype(np.uint8)
+    np.savez(path, x=x, y=digits.target[:150])
+    return path
+
+
+def _data_flags(path: Path) -> list[str]:
+    return ["--task", "npz", "--data-path", str(path)]
+
+
+def _run_dir(results: Path) -> Path:
+    found = sorted(results.glob("*/*/*/*/run_*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items() if k != "seconds"}
+                for row in csv.DictReader(f)]
+
+
+def _assert_same_state(a: dict, b: dict, atol: float = 1e-4) -> None:
+    """Two state_dicts (nested dicts of tensors) hold the same keys and close values."""
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, dict):
+            _assert_same_state(value, other, atol)
+        elif isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, other, atol=atol, rtol=1e-4, msg=key)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for x, y in zip(value, other, strict=True):
+                _assert_same_state(x, y, atol)
+        else:
+            assert value == other, key
+
+
+def _assert_same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for row_a, row_b in zip(a, b):
+        assert row_a == pytest.approx(row_b, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------- sharding
+@pytest.mark.parametrize("n, batch, world", [(121, 16, 2), (64, 16, 4), (130, 16, 4), (7, 8, 2),
+                                             (17, 16, 2)])
+def test_parts_of_each_step_make_up_the_single_process_minibatch(n, batch, world):
+    data = ImageDataset(torch.zeros(n, 1, 2, 2), torch.arange(n))
+    single = [y.tolist() for _, y in make_loader(data, batch, shuffle=True, seed=3, epoch=5)]
+    per_rank = []
+    for rank in range(world):
+        loader = DistContext(rank=rank, world_size=world).train_loader(data, batch, seed=3,
+                                                                        epoch=5)
+        per_rank.append([y.tolist() for _, y in loader])
+        assert len(loader.sampler) == sum(len(b) for b in per_rank[-1])
+    steps = {len(p) for p in per_rank}
+    assert len(steps) == 1, "every process must take the same number of steps"
+    for k in range(steps.pop()):
+        assert [i for p in per_rank for i in p[k]] == single[k]
+    tail = n % batch
+    skipped = 0 < tail < world  # a process would have no sample: the last minibatch is skipped
+    assert len(single) == len(per_rank[0]) + skipped
+
+
+def test_evaluation_blocks_count_every_sample_once():
+    for n in (0, 1, 5, 14, 15):
+        for world in (1, 2, 3, 4):
+            blocks = [range(*shard_bounds(n, r, world)) for r in range(world)]
+            assert [i for b in blocks for i in b] == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+            loaders = [DistContext(rank=r, world_size=world).eval_loader(
+                ImageDataset(torch.zeros(max(n, 1), 1, 2, 2), torch.arange(max(n, 1))), 4)
+                for r in range(world)]
+            seen = sorted(i for ld in loaders for _, y in ld for i in y.tolist())
+            assert seen == list(range(max(n, 1)))
+
+
+def test_a_global_minibatch_the_processes_cannot_share_is_refused():
+    with pytest.raises(SystemExit, match="--mbs 33 is the global minibatch .* multiple of"):
+        DistContext(rank=0, world_size=2).local_batch(33)
+    assert DistContext(rank=1, world_size=4).local_batch(32) == 8
+    assert DistContext().local_batch(33) == 33
+
+
+def test_outside_torchrun_the_session_is_a_single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with session(torch.device("cpu")) as ctx:
+        assert (ctx.rank, ctx.world_size, ctx.enabled, ctx.is_main) == (0, 1, False, True)
+    assert not dist.is_initialized()
+
+
+# --------------------------------------------------------------------------------- torchrun
+def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(ROOT / "main_fast.py"), *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_and_the_checkpoint_resumes_alone(tiny_npz, tmp_path):
+    common = TINY + _data_flags(tiny_npz) + ["--save", "--epochs", "1"]
+    done = _torchrun(common + ["--results-dir", str(tmp_path / "dist")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("epoch 1: loss") == 1, "only rank 0 logs"
+    single = common + ["--results-dir", str(tmp_path / "single")]
+    run(parse_args(single), single)
+    d_dir, s_dir = _run_dir(tmp_path / "dist"), _run_dir(tmp_path / "single")
+    d_ckpt, s_ckpt = _checkpoint(d_dir), _checkpoint(s_dir)
+    _assert_same_state(d_ckpt["model"], s_ckpt["model"])
+    _assert_same_state(d_ckpt["optimizer"], s_ckpt["optimizer"])  # momentum buffers too
+    assert torch.equal(d_ckpt["rng"]["torch"], s_ckpt["rng"]["torch"])
+    _assert_same_metrics(_metrics(d_dir), _metrics(s_dir))
+    assert json.loads((d_dir / "hyperparameters.json").read_text())["world_size"] == 2
+
+    # The distributed checkpoint resumes in a single process, as the single-process one does.
+    for run_dir in (d_dir, s_dir):
+        resume = TINY + _data_flags(tiny_npz) + ["--epochs", "2", "--load-path", str(run_dir)]
+        run(parse_args(resume), resume)
+    _assert_same_state(_checkpoint(d_dir)["model"], _checkpoint(s_dir)["model"])
+    _assert_same_metrics(_metrics(d_dir), _metrics(s_dir))
+    assert len(_metrics(d_dir)) == 2
+
+
+# --------------------------------------------------------------------------------- spawned
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, argvs: list[list[str]], out: str,
+            fail_rank: int | None) -> None:
+    """One process of a gloo group that runs main_fast.py's argv lists one after the other."""
+    torch.set_num_threads(1)
+    os.environ["TORCHELASTIC_ERROR_FILE"] = str(Path(out) / f"error_{rank}.json")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        if rank == fail_rank:
+            from eplcanet import experiment
+
+            def broken(*args, **kwargs):
+                raise RuntimeError(f"injected failure on rank {rank}")
+
+            experiment.evaluate = broken
+        for i, argv in enumerate(argvs):
+            result = run(parse_args(argv), argv)
+            with open(Path(out) / f"result_{i}_{rank}.json", "w") as f:
+                json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(argvs: list[list[str]], out: Path, fail_rank: int | None = None) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), argvs, str(out), fail_rank), nprocs=2, join=True)
+
+
+@pytest.fixture(scope="module")
+def digits_dictionary(tmp_path_factory) -> Path:
+    torch.manual_seed(5)
+    w = torch.randn(4, 1, 3, 3)
+    path = tmp_path_factory.mktemp("dict") / "digits_dict.pt"
+    return save_dictionary(path, w / w.flatten(1).norm(dim=1)[:, None, None, None], {"stride": 1})
+
+
+CONFIGS = {
+    # the dictionary learns from the nudged phase; the random sign of beta must agree everywhere
+    "lcacnn_finetune": ["--model", "LCACNN", "--lca_feats", "4", "--lca_ksize", "3",
+                        "--lca_stride", "1", "--lca_iters", "10", "--lca_tau", "5",
+                        "--dict_training", "finetune", "--random-sign", "--no-thirdphase"],
+    "mlp_bptt": ["--model", "MLP", "--archi", "64", "16", "10", "--alg", "BPTT"],
+    "vfcnn": ["--model", "VFCNN", "--same-update", "--optim", "adam"],
+}
+
+
+@pytest.mark.slow
+def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_and_vfcnn(
+        tiny_npz, digits_dictionary, tmp_path):
+    argvs = {}
+    for name, flags in CONFIGS.items():
+        extra = ["--lca-dict", str(digits_dictionary)] if name.startswith("lca") else []
+        argvs[name] = TINY + _data_flags(tiny_npz) + flags + extra + ["--epochs", "2", "--save"]
+    out = tmp_path / "out"
+    out.mkdir()
+    _spawn([a + ["--results-dir", str(tmp_path / "dist" / n)] for n, a in argvs.items()], out)
+    for i, (name, argv) in enumerate(argvs.items()):
+        single = argv + ["--results-dir", str(tmp_path / "single" / name)]
+        expected = run(parse_args(single), single)
+        d_dir, s_dir = (_run_dir(tmp_path / w / name) for w in ("dist", "single"))
+        _assert_same_state(_checkpoint(d_dir)["model"], _checkpoint(s_dir)["model"])
+        _assert_same_metrics(_metrics(d_dir), _metrics(s_dir))
+        # Every process reports the metrics of the whole run, not of its part.
+        for rank in (0, 1):
+            got = json.loads((out / f"result_{i}_{rank}.json").read_text())
+            for key in ("train_loss", "train_acc", "val_acc", "test_acc"):
+                assert got[key] == pytest.approx(expected[key], abs=1e-6), (name, rank, key)
+    learned = _checkpoint(_run_dir(tmp_path / "dist" / "lcacnn_finetune"))["model"]
+    assert int(learned["nudged_steps"]) > 0  # the dictionary did take steps, and moved
+    assert not torch.allclose(learned["coder.weights"], load_dictionary(digits_dictionary)[0],
+                              atol=1e-4)
+    torch.testing.assert_close(learned["coder.weights"].flatten(1).norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.slow
+def test_a_failing_process_ends_the_run_with_its_error(tiny_npz, tmp_path):
+    argv = TINY + _data_flags(tiny_npz) + ["--epochs", "1"]
+    with pytest.raises(Exception):  # noqa: B017 (either process may be reported first)
+        _spawn([argv], tmp_path, fail_rank=1)
+    record = json.loads((tmp_path / "error_1.json").read_text())
+    assert "injected failure on rank 1" in record["message"]["message"]
