@@ -281,7 +281,7 @@ def plot_corruptions(rows: str | Path | list[dict[str, Any]], path: str | Path) 
             ax_map.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
                         color="white" if value < 0.6 else "black")
     ax_map.set(xticks=range(len(severities)), xticklabels=severities, yticks=range(len(names)),
-               yticklabels=names, xlabel="severity", title="Accuracy (%)")
+               yticklabels=names, xlabel="severity", title="Accuracy (cells in %)")
     fig.colorbar(image, ax=ax_map)
     return _save(fig, _target(path, "corruptions.png"))
 

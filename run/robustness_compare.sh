@@ -2,7 +2,8 @@
 # Robustness of the same small CNN trained three ways, on real MNIST digits:
 # EP (this project's default estimator), BPTT (backprop through the relaxation) and, when the
 # model exists in main_fast.py, the LCA-RCNN (--model LCACNN). Each model is attacked with PGD
-# (Linf and L2) through its own relaxation and the curves are drawn in one figure.
+# (Linf and L2) through its own relaxation and the curves are drawn in one figure; each model's
+# accuracy under the common corruptions goes to its run directory (corruptions.csv / .png).
 #
 #   bash run/robustness_compare.sh PATH/TO/mnist-train-14k.npz [OUT_DIR]
 #
@@ -63,6 +64,10 @@ train_and_attack() {  # label, folder name, epochs, attacked images, then main_f
   if [ "$REDO_ATTACKS" = 1 ] || [ ! -f "$run/attack.csv" ]; then
     python main_fast.py "${ARCH[@]}" "$@" --todo attack --load-path "$run" \
       --attack-samples "$samples" --pgd-steps "$PGD_STEPS" || return 1
+  fi
+  if [ "$REDO_ATTACKS" = 1 ] || [ ! -f "$run/corruptions.csv" ]; then  # forward passes only
+    python main_fast.py "${ARCH[@]}" "$@" --todo corrupt --load-path "$run" \
+      --attack-samples "$samples" || return 1
   fi
   RUNS+=("$name=$run")
 }
