@@ -24,6 +24,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lca_feats", type=int, default=64, help="number of atoms F")
     p.add_argument("--lca_lambda", type=float, default=0.25, help="sparsity threshold lambda")
     p.add_argument("--lca_tau", type=float, default=100.0, help="LCA time constant (solver lca)")
-    p.add_argument("--lca_eta", type=float, default=0.05, help="Hebbian learning rate")
+    p.add_argument("--lca_eta", type=float, default=0.5, help="Hebbian learning rate")
+    p.add_argument(
+        "--eta-schedule",
+        default="cosine",
+        choices=("constant", "cosine"),
+        help="cosine: eta decays from --lca_eta to 0 over the run (large early steps shape the "
+        "atoms, small late ones settle them)",
+    )
     p.add_argument("--lca_iters", type=int, default=100, help="solver iterations per batch")
     p.add_argument("--lca_stride", type=int, default=2, help="atom stride")
     p.add_argument("--lca_ksize", type=int, default=9, help="atom size (odd)")
@@ -242,6 +250,7 @@ def save_curves(steps: list[dict], epochs: list[dict], run_dir: Path) -> None:
         "step",
         "epoch",
         "lambda",
+        "eta",
         "energy",
         "frac_zero",
         "r2",
@@ -311,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     ).to(device)
 
     steps_per_epoch = -(-len(train) // args.mbs)
+    total_steps = steps_per_epoch * args.epochs
     gen = torch.Generator().manual_seed(args.seed)
     steps, epochs = [], []
     step, t0 = 0, time.perf_counter()
@@ -322,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
             if warmup_epochs:
                 frac = min(1.0, progress / warmup_epochs)
                 layer.lambda_ = lam_start + frac * (args.lca_lambda - lam_start)
+            if args.eta_schedule == "cosine":
+                layer.eta = 0.5 * args.lca_eta * (1 + math.cos(math.pi * step / total_steps))
             x = standardise(train[idx].to(device))
             with torch.no_grad():
                 acts, errors = layer(x)
@@ -331,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
                 "lambda": float(layer.lambda_),
+                "eta": layer.eta,
                 "energy": float(layer.energy(x, acts).mean()),
                 "frac_zero": 1.0 - float(frac_active(acts)),
                 "r2": float(r_squared(x, x - errors)),

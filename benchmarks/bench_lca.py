@@ -206,9 +206,12 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    # The GEMM roof is measured before and after: on shared cores the larger one is closer.
+    peak = gemm_peak_gflops()
     rows = collect(quick=args.quick)
+    peak = max(peak, gemm_peak_gflops())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)\n")
-    print(format_rows(rows, gemm_peak_gflops()))
+    print(format_rows(rows, peak))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
