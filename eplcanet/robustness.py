@@ -195,15 +195,17 @@ class EquilibriumPredictor(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.normalize(pixels)
         net = self.net
-        free = self.predict_step - self.attack_step
+        # Computed once (for an LCA-CNN it is the sparse code, the costly part), with a graph back
+        # to the pixels under grad mode; the first steps use it detached, so the gradient reaches
+        # the pixels only through the drive of the last attack_step steps.
+        drive = net.input_drive(x)
         with torch.no_grad():
-            drive = net.input_drive(x)
-            states = relax(net, drive, net.init_states(x.shape[0]), free)
-        if torch.is_grad_enabled():
-            # The same values again, now recorded: the gradient reaches the pixels only through
-            # the drive of the last attack_step steps.
-            drive = net.input_drive(x)
-            states = [s.detach() for s in states]
+            states = relax(
+                net,
+                drive.detach(),
+                net.init_states(x.shape[0]),
+                self.predict_step - self.attack_step,
+            )
         states = relax(net, drive, states, self.attack_step)
         return net.output(states)
 

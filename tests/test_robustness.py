@@ -428,3 +428,41 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 40 for r in rows)
     assert rows[0]["accuracy"] * 40 == round(rows[0]["accuracy"] * 40)  # a count / n
     assert _is_png(run_dir / "corruptions.png")
+
+
+def test_predictor_differentiates_through_the_lca_frontend():
+    from eplcanet.experiment import build_model
+
+    args = parse_args(
+        [
+            "--model",
+            "LCACNN",
+            "--dict_training",
+            "learn",
+            "--lca_feats",
+            "6",
+            "--lca_ksize",
+            "3",
+            "--lca_stride",
+            "1",
+            "--lca_iters",
+            "15",
+            "--lca_tau",
+            "5",
+            "--lca_lambda",
+            "0.1",
+            "--channels",
+            "8",
+        ]
+    )
+    torch.manual_seed(0)
+    net = build_model(args, (1, 8, 8), 10).eval()
+    model = rb.EquilibriumPredictor(net, 8, 4)
+    pixels = torch.rand(3, 1, 8, 8, requires_grad=True)
+    logits = model(pixels)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels), logits)
+    (grad,) = torch.autograd.grad(logits[:, 0].sum(), pixels)
+    # The code a is the only path from the pixels to the logits: a non-zero gradient went
+    # through the LCA solver.
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
