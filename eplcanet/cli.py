@@ -8,6 +8,7 @@ from .data import TASKS
 from .energy.activations import ACTIVATIONS
 from .energy.learning import ALGORITHMS
 from .energy.networks import LOSSES, POOLS
+from .train import PRECISIONS
 from .lca_experiment import add_lca_arguments, check_lca_dictionary, validate_lca
 from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES, check_args
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     # run
     a("--device", default="0", help="cuda index, 'cuda', 'cuda:N' or 'cpu' (cpu if no GPU)")
     a("--seed", type=int, default=0)
+    a("--precision", default="fp32", choices=PRECISIONS,
+      help="bf16: autocast the relaxation (states kept in fp32); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
     a("--results-dir", default="./results", help="where run directories go")
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")

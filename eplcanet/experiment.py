@@ -17,7 +17,7 @@ from .energy.learning import Phases, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
-from .train import evaluate, train_epoch
+from .train import evaluate, set_matmul_precision, train_epoch
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -102,7 +102,9 @@ def run(args, argv: list[str] | None = None) -> dict:
 
 def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
     device = dist.device
-    dist.local_batch(args.mbs)  # refuse a --mbs the processes cannot share, before any work
+    set_matmul_precision(args.precision, device)
+    if args.todo == "train":  # refuse a --mbs the processes cannot share, before any work
+        dist.local_batch(args.mbs)
     seed_everything(args.seed)
     if args.load_path and not (Path(args.load_path) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: --load-path {args.load_path} has no checkpoint.pt")
@@ -122,7 +124,8 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
     _load_trained(net, run_dir, device)
     if args.todo == "evaluate":
         test = dist.eval_loader(splits.test, args.mbs)
-        acc = evaluate(net, test, args.T1, device, desc="test", dist=dist)
+        acc = evaluate(net, test, args.T1, device, desc="test", dist=dist,
+                       precision=args.precision)
         print(f"test accuracy: {100 * acc:.2f}%")
         return {"test_acc": acc}
     if not dist.is_main:  # attacks, corruptions and the GDU check run on rank 0 alone
@@ -167,14 +170,17 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
         net.train()
         loader = dist.train_loader(splits.train, args.mbs, seed=args.seed, epoch=epoch)
         stats, states = train_epoch(net, opt, loader, args.alg, phases, device,
-                                    desc=f"epoch {epoch}/{args.epochs}", dist=dist)
+                                    desc=f"epoch {epoch}/{args.epochs}", dist=dist,
+                                    precision=args.precision)
         if sched is not None:
             sched.step()
         dist.check_in_sync(net, f"after epoch {epoch}")
         net.eval()
-        val_acc = (evaluate(net, val_loader, args.T1, device, "val", dist=dist)
+        val_acc = (evaluate(net, val_loader, args.T1, device, "val", dist=dist,
+                            precision=args.precision)
                    if len(splits.val) else 0.0)
-        test_acc = evaluate(net, test_loader, args.T1, device, "test", dist=dist)
+        test_acc = evaluate(net, test_loader, args.T1, device, "test", dist=dist,
+                            precision=args.precision)
         metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
                        seconds=time.perf_counter() - t0)
         print(f"epoch {epoch}: loss {stats['train_loss']:.4f} train {100 * stats['train_acc']:.2f}%"

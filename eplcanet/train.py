@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,9 +16,30 @@ if TYPE_CHECKING:
     from .distributed import DistContext
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def precision_context(precision: str, device) -> contextlib.AbstractContextManager:
+    """bf16: autocast the relaxation's convolutions and matmuls (states stay fp32, see
+    dynamics.step); fp32 and tf32 run as they are (tf32 is a global CUDA switch, set once by
+    ``set_matmul_precision``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_matmul_precision(precision: str, device) -> None:
+    """Allow TF32 tensor cores on CUDA for 'tf32' only; 'fp32' means true fp32 convolutions."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 @torch.no_grad()
 def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
-             dist: DistContext | None = None) -> float:
+             dist: DistContext | None = None, precision: str = "fp32") -> float:
     """Accuracy (fraction in [0, 1]) of the free-phase equilibrium after T1 steps.
 
     With ``dist`` (several processes, each with its own part of the data): over all parts.
@@ -27,7 +49,8 @@ def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
     quiet = dist is not None and not dist.is_main
     for x, y in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x, y = x.to(device), y.to(device)
-        states = relax(net, net.input_drive(x), net.init_states(x.shape[0]), T1)
+        with precision_context(precision, device):
+            states = relax(net, net.input_drive(x), net.init_states(x.shape[0]), T1)
         correct += (net.predict(states) == y).sum()
         total += y.shape[0]
     if dist is not None:
@@ -44,6 +67,7 @@ def train_epoch(
     device,
     desc: str = "train",
     dist: DistContext | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict, list[torch.Tensor]]:
     """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
 
@@ -60,7 +84,8 @@ def train_epoch(
     for it, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
-        states = estimate_grads(net, x, y, alg, phases)
+        with precision_context(precision, device):
+            states = estimate_grads(net, x, y, alg, phases)
         if dist is not None:
             dist.average_grads(net, y.shape[0])
         optimizer.step()

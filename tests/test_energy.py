@@ -161,3 +161,23 @@ def test_batched_plus_minus_phases_equal_sequential_phases():
         grads.append([p.grad.clone() for p in net.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
+    from eplcanet.train import precision_context
+
+    torch.manual_seed(9)
+    net = _cnn(softmax=True, loss="cel").float()
+    x, y = torch.rand(8, 2, 9, 9), torch.randint(0, 10, (8,))
+    phases = Phases(10, 3, (0.0, 0.5), thirdphase=True)
+    ep_grads(net, x, y, phases)
+    ref = torch.cat([p.grad.flatten() for p in net.parameters()])
+    with precision_context("bf16", "cpu"):
+        states = ep_grads(net, x, y, phases)
+    assert all(s.dtype == torch.float32 for s in states)
+    got = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert got.dtype == torch.float32
+    assert not torch.equal(got, ref)  # bf16 arithmetic really ran
+    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.98
+    with pytest.raises(ValueError, match="accepted: fp32, tf32, bf16"):
+        precision_context("fp16", "cpu")

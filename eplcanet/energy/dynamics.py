@@ -20,8 +20,13 @@ def step(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """One synchronous update of all layers (closed form)."""
-    return [net.act(g) for g in net.phi_grad_states(drive, states, beta, y)]
+    """One synchronous update of all layers (closed form).
+
+    New states keep the dtype of the old ones: under bf16 autocast the convolutions run in bf16
+    while the states stay in fp32, so rounding errors do not accumulate over the relaxation.
+    """
+    grads = net.phi_grad_states(drive, states, beta, y)
+    return [net.act(g).to(s.dtype) for g, s in zip(grads, states)]
 
 
 def relax(
