@@ -26,7 +26,8 @@ from .energy.dynamics import relax
 from .energy.networks import EnergyNet
 from .runs import load_hyperparameters, read_metrics
 
-# Hyperparameters shown in the run table, when a run has them.
+# Hyperparameters shown in the run table, when a run has them; the LCA ones for LCACNN runs only
+# (every run records the LCA flags' defaults).
 TABLE_HPARAMS = (
     "model",
     "task",
@@ -44,10 +45,8 @@ TABLE_HPARAMS = (
     "mbs",
     "epochs",
     "seed",
-    "dict_training",
-    "lca_feats",
-    "lca_lambda",
 )
+LCA_HPARAMS = ("dict_training", "lca_feats", "lca_ksize", "lca_stride", "lca_lambda", "lca_iters")
 
 
 def find_runs(patterns: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -120,7 +119,8 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         (r["test_acc"] for r in rows if r.get("test_acc") is not None), default=None
     )
     row.update(_robustness_summary(run_dir))
-    for key in TABLE_HPARAMS:
+    keys = TABLE_HPARAMS + (LCA_HPARAMS if hp.get("model") == "LCACNN" else ())
+    for key in keys:
         if key in hp:
             row[key] = _short(hp[key])
     return row
