@@ -23,16 +23,17 @@ transposed convolution (reconstruct) and one convolution (correlate), both thin 
 channels on one side), instead of one convolution with the F x F Gram kernel G = Phi*Phi - I.
 Because conv(., padding=pad) is the exact adjoint of the cropped transposed convolution,
 D^T(x - D(a)) = -grad of 1/2||x - D(a)||^2 exactly, also at the borders: the fixed points of the
-dynamics (u - a = D^T(x - D(a)), a = T_lambda(u)) are exactly the KKT points of E, and E
-decreases along the flow; with the soft threshold LCA converges to the LASSO optimum whenever
-tau > ||D||^2 / 2. (LCA-PyTorch convolves with an uncropped Gram kernel, which minimises the
+dynamics (u - a = D^T(x - D(a)), a = T_lambda(u)) are exactly the KKT points of E, which with
+the soft threshold is the LASSO optimum. The Euler iteration is stable for tau > ||D||^2 / 2;
+a diverged run raises FloatingPointError. (LCA-PyTorch convolves with an uncropped Gram kernel, which minimises the
 energy of the zero-padded input instead; ``pad='valid'`` on ``F.pad(x, kernel_size // 2)``
 reproduces that objective.)
 
 The accelerated solver (solver='fista'): FISTA (Beck & Teboulle 2009) with the step
-1/L, L = ||D||^2 estimated by power iteration (cached per dictionary version), and per-sample
-adaptive restart (O'Donoghue & Candes 2015), which keeps the O(1/k^2) rate and adds linear
-convergence once the support has settled. It reaches the same optimum in far fewer iterations.
+1/L, L an upper bound on ||D||^2 from the Fourier symbol of the atoms (see ``lipschitz``,
+cached per dictionary version), and per-sample gradient restart of the momentum (O'Donoghue &
+Candes 2015), which in practice converges linearly once the support has settled. It reaches
+the same optimum in far fewer iterations.
 Its states are reported as the LCA potentials u = a + (v - a) / step, v the gradient point
 before the threshold, so that acts = T_lambda(states) holds for both solvers.
 
@@ -906,7 +907,7 @@ class LCAConv2D(_LCABase):
         out_neurons: number of features F. in_neurons: input channels C.
         kernel_size, stride: int or tuple per spatial dimension (stride <= kernel_size).
         lambda_: threshold (float >= 0, or a tensor of shape (F,) for one per feature).
-        tau: LCA time constant (Euler step 1/tau; needs tau > ||D||^2 / 2 to converge).
+        tau: LCA time constant (Euler step 1/tau; stable for tau > ||D||^2 / 2).
         eta: learning rate of the Hebbian :meth:`update_weights`.
         lca_iters: iterations per forward pass (the most, with ``tol``).
         pad: 'same' (odd kernels; code size ceil(H / stride)) or 'valid'.
