@@ -254,3 +254,54 @@ def test_a_failing_process_ends_the_run_with_its_error(tiny_npz, tmp_path):
         _spawn([argv], tmp_path, fail_rank=1)
     record = json.loads((tmp_path / "error_1.json").read_text())
     assert "injected failure on rank 1" in record["message"]["message"]
+
+
+# --------------------------------------------------------------------------------- run/slurm
+_FAKE_TORCHRUN = r'''
+import json, os, sys
+argv = sys.argv[1:]
+at = argv.index("main_fast.py")
+with open(os.environ["LOG"], "a") as log:
+    log.write(json.dumps({"torchrun": argv[:at], "main": argv[at + 1:]}) + "\n")
+'''
+
+
+@pytest.mark.parametrize("script, nodes", [("one_node.sbatch", 1), ("multi_node.sbatch", 2)])
+def test_slurm_scripts_start_one_torchrun_per_node_with_valid_flags(script, nodes, tmp_path):
+    """The sbatch scripts run with stand-ins for srun, scontrol, nvidia-smi and torchrun (which
+    records its arguments); main_fast.py's flags must pass validation."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "torchrun.py").write_text(_FAKE_TORCHRUN)
+    fakes = {
+        "torchrun": f'exec "{sys.executable}" "{tmp_path / "torchrun.py"}" "$@"',
+        # srun: one copy of the command per node, options dropped
+        "srun": 'while [ "${1#--}" != "$1" ]; do shift; done\n'
+                'for i in $(seq "$SLURM_NNODES"); do "$@" || exit 1; done',
+        "scontrol": 'printf "gpu-node-7\\ngpu-node-8\\n"',
+        "nvidia-smi": 'printf "GPU 0\\nGPU 1\\nGPU 2\\nGPU 3\\n"',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REPO": str(ROOT),
+           "LOG": str(log), "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_NNODES": str(nodes),
+           "SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "16"}
+    env.pop("SLURM_GPUS_ON_NODE", None)
+    done = subprocess.run(["bash", str(ROOT / "run" / "slurm" / script)], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == nodes
+    launcher = calls[0]["torchrun"]
+    assert "--nproc_per_node=4" in launcher
+    main = calls[0]["main"]
+    parse_args(main)
+    assert main[main.index("--device") + 1] == "cuda"
+    assert int(main[main.index("--mbs") + 1]) % (4 * nodes) == 0  # whole per-GPU minibatches
+    if nodes > 1:
+        assert {"--rdzv_backend=c10d", "--rdzv_endpoint=gpu-node-7:29500", "--rdzv_id=4242",
+                f"--nnodes={nodes}"} <= set(launcher)
+    else:
+        assert "--standalone" in launcher
