@@ -17,7 +17,7 @@ from eplcanet.cli import parse_args
 from eplcanet.energy.dynamics import autograd_step, relax, step
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, gdu_metrics, gdu_traces
-from eplcanet.experiment import build_model, run, seed_everything
+from eplcanet.experiment import _load_trained, build_model, run, seed_everything
 from eplcanet.sparse import load_dictionary, make_sparse_coder, save_dictionary
 
 D = torch.float64
@@ -369,7 +369,7 @@ def test_cached_codes_give_the_run_of_recomputed_codes(tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_finetune_run_restores_the_learned_dictionary(tmp_path):
+def test_evaluating_a_finetuned_run_uses_its_learned_dictionary(tmp_path):
     file = _digits_dictionary(tmp_path / "digits_dict.pt")
     _, run_dir, argv = _train(tmp_path, ["--dict_training", "finetune", "--lca-dict", str(file)])
     learned = _saved_dictionaries(run_dir)[0]
@@ -377,8 +377,6 @@ def test_resumed_finetune_run_restores_the_learned_dictionary(tmp_path):
     args = parse_args(ev)  # no dictionary file is needed: the run's own is loaded
     run(args, ev)
     net = build_model(args, (1, 8, 8), 10)
-    from eplcanet.experiment import _load_trained
-
     _load_trained(net, run_dir, "cpu")
     assert torch.equal(net.dictionary, learned)
 
