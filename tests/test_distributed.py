@@ -175,21 +175,22 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, argvs: list[list[str]], out: str,
-            fail_rank: int | None) -> None:
-    """One process of a gloo group that runs main_fast.py's argv lists one after the other."""
+            fail_last_on: int | None) -> None:
+    """One process of a gloo group that runs main_fast.py's argv lists one after the other; the
+    last one fails on rank `fail_last_on` at its first training epoch, if given."""
     torch.set_num_threads(1)
     os.environ["TORCHELASTIC_ERROR_FILE"] = str(Path(out) / f"error_{rank}.json")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        if rank == fail_rank:
-            from eplcanet import experiment
-
-            def broken(*args, **kwargs):
-                raise RuntimeError(f"injected failure on rank {rank}")
-
-            experiment.train_epoch = broken
         for i, argv in enumerate(argvs):
+            if i == len(argvs) - 1 and rank == fail_last_on:
+                from eplcanet import experiment
+
+                def broken(*args, **kwargs):
+                    raise RuntimeError(f"injected failure on rank {rank}")
+
+                experiment.train_epoch = broken
             result = run(parse_args(argv), argv)
             with open(Path(out) / f"result_{i}_{rank}.json", "w") as f:
                 json.dump(result, f)
@@ -197,8 +198,9 @@ def _worker(rank: int, world: int, port: int, argvs: list[list[str]], out: str,
         dist.destroy_process_group()
 
 
-def _spawn(argvs: list[list[str]], out: Path, fail_rank: int | None = None) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), argvs, str(out), fail_rank), nprocs=2, join=True)
+def _spawn(argvs: list[list[str]], out: Path, fail_last_on: int | None = None) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), argvs, str(out), fail_last_on), nprocs=2,
+             join=True)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +222,7 @@ CONFIGS = {
 
 
 @pytest.mark.slow
-def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_and_vfcnn(
+def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_vfcnn_then_a_failure_ends_all(
         tiny_npz, digits_dictionary, tmp_path):
     argvs = {}
     for name, flags in CONFIGS.items():
@@ -228,7 +230,16 @@ def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_and_vfcnn(
         argvs[name] = TINY + _data_flags(tiny_npz) + flags + extra + ["--epochs", "1", "--save"]
     out = tmp_path / "out"
     out.mkdir()
-    _spawn([a + ["--results-dir", str(tmp_path / "dist" / n)] for n, a in argvs.items()], out)
+    # One group runs every configuration (no start-up per configuration), then a last run in
+    # which rank 1 fails: the whole group must end with an error instead of waiting forever.
+    failing = TINY + _data_flags(tiny_npz) + ["--epochs", "1"]
+    with pytest.raises(Exception):  # noqa: B017 (either process may be reported first)
+        _spawn([a + ["--results-dir", str(tmp_path / "dist" / n)] for n, a in argvs.items()]
+               + [failing], out, fail_last_on=1)
+    record = json.loads((out / "error_1.json").read_text())
+    assert "injected failure on rank 1" in record["message"]["message"]
+    assert not (out / f"result_{len(argvs)}_0.json").exists()
+
     for i, (name, argv) in enumerate(argvs.items()):
         single = argv + ["--results-dir", str(tmp_path / "single" / name)]
         expected = run(parse_args(single), single)
@@ -245,15 +256,6 @@ def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_and_vfcnn(
     assert not torch.allclose(learned["coder.weights"], load_dictionary(digits_dictionary)[0],
                               atol=1e-4)
     torch.testing.assert_close(learned["coder.weights"].flatten(1).norm(dim=1), torch.ones(4))
-
-
-@pytest.mark.slow
-def test_a_failing_process_ends_the_run_with_its_error(tiny_npz, tmp_path):
-    argv = TINY + _data_flags(tiny_npz) + ["--epochs", "1"]
-    with pytest.raises(Exception):  # noqa: B017 (either process may be reported first)
-        _spawn([argv], tmp_path, fail_rank=1)
-    record = json.loads((tmp_path / "error_1.json").read_text())
-    assert "injected failure on rank 1" in record["message"]["message"]
 
 
 # --------------------------------------------------------------------------------- run/slurm
