@@ -83,4 +83,4 @@ if [ "$WITH_LCA" = 1 ] && python main_fast.py --help | grep -q LCACNN; then
 else
   echo "comparing the EP and BPTT CNNs only (WITH_LCA=$WITH_LCA)"
 fi
-python -m eplcanet.robustness plot "$FIGURE" "${RUNS[@]}"
+python -m eplcanet.robustness plot "$FIGURE" "${RUNS[@]}" --title "MNIST, $PGD_STEPS-step PGD"
