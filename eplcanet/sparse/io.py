@@ -64,6 +64,8 @@ def save_dictionary(path: str | os.PathLike, weight: Tensor, config: dict) -> Pa
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates owner-only files; a dictionary is meant to be shared and read.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
