@@ -3,44 +3,24 @@ its figures. The runs are tiny (digits, one epoch) so that the test takes well u
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from eplcanet.cli import parse_args
+from eplcanet.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "eval_lcanet.ipynb"
 TINY = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
-LCA = [
-    "--model",
-    "LCACNN",
-    "--dict_training",
-    "learn",
-    "--lca_feats",
-    "8",
-    "--lca_ksize",
-    "3",
-    "--lca_stride",
-    "1",
-    "--lca_iters",
-    "10",
-    "--lca_tau",
-    "5",
-]
+LCA = ["--model", "LCACNN", "--dict_training", "learn", "--lca_feats", "8", "--lca_ksize", "3"]
+LCA += ["--lca_stride", "1", "--lca_iters", "10", "--lca_tau", "5"]
 
 
 def _main_fast(*argv: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "main_fast.py", *argv],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """What ``python main_fast.py ARGV`` does, in this process (saves a torch import per run)."""
+    run(parse_args(list(argv)), argv=["main_fast.py", *argv])
 
 
 def _is_png(path: Path) -> bool:
@@ -51,6 +31,7 @@ def _is_png(path: Path) -> bool:
 def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    torch.set_num_threads(1)
     results = tmp_path / "results"
     _main_fast(*TINY, "--epochs", "1", "--save", "--results-dir", str(results))
     _main_fast(*TINY, *LCA, "--epochs", "1", "--save", "--results-dir", str(results))
@@ -119,9 +100,9 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
     for name in expected:
         assert _is_png(figures / name), name
     assert not (figures / "EP_CNN_run_1_dictionary.png").exists()
-    for run in ("EP_CNN_run_1", "EP_LCACNN_run_1"):
-        assert (figures / f"{run}_gdu" / "gdu.json").is_file()
-        assert _is_png(figures / f"{run}_gdu" / "gdu_synapses_0_weight.png")
+    for label in ("EP_CNN_run_1", "EP_LCACNN_run_1"):
+        assert (figures / f"{label}_gdu" / "gdu.json").is_file()
+        assert _is_png(figures / f"{label}_gdu" / "gdu_synapses_0_weight.png")
     table = (figures / "runs.csv").read_text()
     assert table.count("\n") == 3 and "best_val_acc" in table and "pgd_Linf_acc@0.2" in table
     # Images shown inline: the notebook displays what it writes.
