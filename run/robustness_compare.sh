@@ -21,17 +21,17 @@ DATA=${1:?usage: bash run/robustness_compare.sh PATH/TO/mnist-train-14k.npz [OUT
 OUT=${2:-./results/robustness_mnist}
 EPOCHS=${EPOCHS:-5}
 N_IMAGES=${N_IMAGES:-7000}
-SAMPLES=${SAMPLES:-500}          # test images attacked per model
+SAMPLES=${SAMPLES:-200}          # test images attacked (and corrupted) per model
 REDO_ATTACKS=${REDO_ATTACKS:-0}
 PGD_STEPS=${PGD_STEPS:-20}
 FIGURE=${FIGURE:-images/robustness_mnist.png}
 # The LCA-CNN joins when main_fast.py knows --model LCACNN (WITH_LCA=0 leaves it out).
 WITH_LCA=${WITH_LCA:-1}
 # Its coder runs inside every prediction and every attack gradient, so it is the slowest model:
-# fewer epochs and attacked images by default (the CSV records n).
+# fewer epochs by default.
 LCA_FLAGS=${LCA_FLAGS:---lca_feats 16 --lca_ksize 5 --lca_stride 2 --lca_lambda 0.25 --lca_tau 10 --lca_iters 50 --dict_training learn}
 LCA_EPOCHS=${LCA_EPOCHS:-3}
-LCA_SAMPLES=${LCA_SAMPLES:-200}
+LCA_SAMPLES=${LCA_SAMPLES:-$SAMPLES}
 
 mkdir -p "$OUT"
 if [ "$N_IMAGES" -gt 0 ]; then  # the first N_IMAGES images (MNIST's order is already random)
