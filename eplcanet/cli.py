@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="attack/corrupt: free steps before every prediction (default --T1)")
     a("--attack-step", type=int, default=None,
       help="attack: the gradient flows through the last N of the --predict-step steps "
-      "(default --T2)")
+      "(default all: the exact gradient)")
     a("--pgd-steps", type=int, default=20, help="attack: PGD iterations per radius")
     a("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS,
       metavar="NAME", help=f"corrupt: among {' '.join(CORRUPTIONS)}")
