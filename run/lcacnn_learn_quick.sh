@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/quick_env.sh
-python main_fast.py "${TASK[@]}" --device "$DEVICE" --model LCACNN "${NET[@]}" --pools imm \
+python main_fast.py "${TASK[@]}" --device "$DEVICE" --model LCACNN "${NET[@]}" --pools "$LCA_POOLS" \
   "${LCA[@]}" "${EP[@]}" --dict_training learn --lca-dict "$LCA_DICT" "$@"

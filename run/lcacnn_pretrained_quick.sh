@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/quick_env.sh
 ensure_dictionary
-python main_fast.py "${TASK[@]}" --device "$DEVICE" --model LCACNN "${NET[@]}" --pools imm \
+python main_fast.py "${TASK[@]}" --device "$DEVICE" --model LCACNN "${NET[@]}" --pools "$LCA_POOLS" \
   "${LCA[@]}" "${EP[@]}" --dict_training pretrained --lca-dict "$LCA_DICT" --cache-codes "$@"

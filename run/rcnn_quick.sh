@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/quick_env.sh
-python main_fast.py "${TASK[@]}" --device "$DEVICE" --model CNN "${NET[@]}" --pools mm "${EP[@]}" \
+python main_fast.py "${TASK[@]}" --device "$DEVICE" --model CNN "${NET[@]}" --pools "$CNN_POOLS" "${EP[@]}" \
   "$@"

@@ -433,11 +433,17 @@ def test_run_script_commands_pass_flag_validation(script, tmp_path):
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "LOG": str(log),
            "DEVICE": "cpu", "DATA_DIR": str(tmp_path / "data"), "OUT": str(tmp_path / "out"),
            "LCA_DICT": str(tmp_path / "dict.pt")}
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
-                          cwd=tmp_path, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [env]
+    if script.name.endswith("_quick.sh"):  # also on an .npz file (e.g. the shared CIFAR subset)
+        (tmp_path / "images.npz").touch()
+        runs.append({**env, "DATA_PATH": str(tmp_path / "images.npz"),
+                     "LCA_DICT": str(tmp_path / "dict_npz.pt")})
+    for run_env in runs:
+        done = subprocess.run(["bash", str(script)], env=run_env, capture_output=True,
+                              text=True, cwd=tmp_path, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
     calls = [c.split("\x1f")[:-1] for c in log.read_text().split("\x1e")[:-1]]
-    assert calls
+    assert len(calls) >= len(runs)
     if script.name in ("lcacnn_pretrained.sh", "lcacnn_finetune.sh"):
         _validate_call(["cifar_dictlearning.py", "--task", "CIFAR10", "--out", str(tmp_path /
                                                                                     "dict.pt")])
