@@ -120,7 +120,8 @@ class LCA_CNN(EnergyNet):
             channels; its dictionary is never trained by the optimizer (requires_grad is off).
             Build it without input standardisation: this model standardises every image.
         channels, kernels, strides, paddings, pools, fc, act, softmax, loss, scale: the conv
-            layers above s_0 and the classifier, as EnergyNet (one pool per conv layer).
+            layers above s_0 and the classifier, passed on to EnergyNet as given (its signature
+            and checks; one pool per conv layer).
         scale_feedback: g, the weight of the top-down input of s_0 (1: gradient dynamics of Phi).
         dict_training: 'pretrained' | 'finetune' | 'learn' (see the module docstring).
         dict_update_every: a Hebbian step every this many nudged training minibatches.
@@ -133,18 +134,11 @@ class LCA_CNN(EnergyNet):
         in_shape: tuple[int, int, int],
         coder: SparseCoder,
         channels: list[int],
-        kernels: list[int],
-        strides: list[int],
-        paddings: list[int],
-        pools: str,
-        fc: list[int],
-        act: str = "mysig",
-        softmax: bool = False,
-        loss: str = "mse",
-        scale: float | None = None,
+        *net_args,
         scale_feedback: float = 1.0,
         dict_training: str = "pretrained",
         dict_update_every: int = 1,
+        **net_kwargs,
     ) -> None:
         if len(in_shape) != 3:
             raise ValueError(f"LCA_CNN needs an image shape (C, H, W), got {in_shape}")
@@ -168,8 +162,7 @@ class LCA_CNN(EnergyNet):
                 "standardises the images itself (and needs them standardised for the residual)"
             )
         code_shape = coder_code_shape(coder, in_shape)
-        super().__init__(code_shape, channels, kernels, strides, paddings, pools, fc, act,
-                         softmax, loss, scale)
+        super().__init__(code_shape, channels, *net_args, **net_kwargs)
         self.image_shape = tuple(in_shape)
         self.code_shape = code_shape
         self.coder = coder
