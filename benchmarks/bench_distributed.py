@@ -1,6 +1,6 @@
 """Data-parallel throughput: training minibatches per second on 1 and on 2 CPU processes.
 
-    python benchmarks/bench_distributed.py [--steps 8] [--launches 3] [--out BENCHMARKS_DIST.md]
+    python benchmarks/bench_distributed.py [--steps 8] [--launches 3] [--out docs/distributed-benchmark.md]
 
 Each process runs one torch thread and the gloo backend, as `torchrun --nproc_per_node=2` would
 on a CPU node, and trains on its half of every global minibatch (eplcanet.distributed). Only the
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--launches", type=int, default=3, help="alternating launches per size")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per launch")
     parser.add_argument("--only", nargs="+", choices=[w.name for w in WORKLOADS], default=None)
-    parser.add_argument("--out", default="BENCHMARKS_DIST.md", help="markdown file to write")
+    parser.add_argument("--out", default="docs/distributed-benchmark.md", help="markdown file to write")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = []
