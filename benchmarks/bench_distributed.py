@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 if __package__ in (None, ""):  # run as a script: make `eplcanet` importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_model
 from eplcanet.cli import parse_args
 from eplcanet.data import load_task
 from eplcanet.distributed import DistContext
@@ -166,15 +167,7 @@ def measure(workload: Workload, steps: int, batch: int, launches: int, repeats: 
 
 
 def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}"
+    return f"{cpu_model(platform.machine())}, {os.cpu_count()} logical CPUs; torch {torch.__version__}"
 
 
 def main() -> None:

@@ -1,17 +1,23 @@
-"""EP minibatch: closed-form dynamics against the autograd-of-Phi formulation.
+"""EP: closed-form dynamics against the autograd-of-Phi formulation.
 
 One EP minibatch = free phase (T1 steps) + two nudged phases (+beta, -beta; T2 steps each) +
 the parameter update. The reference relaxes as reference EP code does: at every step it builds
 Phi on NCHW tensors (input drive included) and takes its gradient with autograd. Ours uses the
-closed-form dPhi/ds with the input drive computed once per minibatch. Both produce the same
-parameter gradients, checked before timing.
+closed-form dPhi/ds on channels-last tensors, with the input drive computed once per minibatch
+and the two nudged phases run as one batch. Both give the same parameter gradients (checked
+before timing: fp32 to 1e-3; bf16 autocast, where the convolutions run in bfloat16 and the states
+stay fp32, by the cosine similarity of the whole gradient, given in the notes).
+
+The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D (residual form),
+the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The
+epoch row trains one epoch of main_fast.py's no-flag configuration on the digits with each.
 
     python -m benchmarks.bench_ep [--quick] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +27,29 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, format_rows, gemm_peak_gflops, time_pair
-from eplcanet.energy.dynamics import relax_autograd
+from benchmarks.bench_lca import GramLCA
+from benchmarks.common import Row, bench_main, time_fn, time_pair
+from eplcanet.cli import parse_args
+from eplcanet.data import load_task, make_loader
+from eplcanet.energy.dynamics import relax, relax_autograd
+from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads
-from eplcanet.energy.networks import P_CNN
+from eplcanet.energy.networks import P_CNN, EnergyNet
+from eplcanet.experiment import build_model, build_optimizer, phases_of
+from eplcanet.lca_experiment import build_lca_cnn
+from eplcanet.train import precision_context, train_epoch
 
 # (name, in_shape, channels, kernel, padding, batch) as named in the project's issues.
 CONFIGS = {
     "MNIST-size CNN 1-32-64 k5": ((1, 28, 28), [32, 64], 5, 0, 64),
     "CIFAR-size CNN 3-128-256-512-512 k3": ((3, 32, 32), [128, 256, 512, 512], 3, 1, 16),
 }
+
+# The LCA-RCNN of run/*_quick.sh on 32x32 colour images (codes 64x16x16).
+LCACNN_FLAGS = ["--model", "LCACNN", "--channels", "32", "64", "--kernels", "3", "3",
+                "--strides", "2", "1", "--paddings", "1", "1", "--pools", "iim", "--fc", "10",
+                "--lca_feats", "64", "--lca_ksize", "9", "--lca_stride", "2",
+                "--lca_lambda", "0.25", "--dict_training", "learn"]
 
 
 def build(in_shape, channels, kernel, padding) -> P_CNN:
@@ -39,38 +58,195 @@ def build(in_shape, channels, kernel, padding) -> P_CNN:
                  act="my_hard_sig", softmax=True, loss="cel")
 
 
-def reference_ep(net: P_CNN, x, y, phases: Phases) -> None:
+def reference_net(net: EnergyNet) -> EnergyNet:
+    """A copy of net with NCHW weights, as reference EP code keeps them."""
+    return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+
+
+def reference_ep(net: EnergyNet, x, y, phases: Phases) -> None:
     """EP minibatch with autograd of Phi at every step (NCHW, drive recomputed per step)."""
     b1, b2 = phases.betas
+    x = x.contiguous()
     nchw = [s.contiguous() for s in net.init_states(x.shape[0])]
-    free = relax_autograd(net, x.contiguous(), nchw, phases.T1, b1, y)
+    free = relax_autograd(net, x, nchw, phases.T1, b1, y)
     plus = relax_autograd(net, x, free, phases.T2, b2, y)
     minus = relax_autograd(net, x, free, phases.T2, -b2, y)
     for p, g in zip(net.parameters(), phi_param_grads(net, x, y, minus, -b2, plus, b2)):
         p.grad = g
 
 
-def step_flops(net: P_CNN, batch: int) -> float:
-    """Multiply-adds x 2 of one closed-form relaxation step (conv + transposed conv per layer)."""
-    total = 0.0
-    for i, shape in enumerate(net.state_shapes):
-        syn = net.synapses[i]
+# ------------------------------------------------------------------------------- arithmetic
+def _synapse_macs(net: EnergyNet) -> list[float]:
+    """Multiply-adds per sample of each synapse's forward map (convolutions before pooling)."""
+    macs = []
+    c, h, w = net.in_shape if net.n_conv else (0, 0, 0)
+    for syn in net.synapses:
         if isinstance(syn, torch.nn.Conv2d):
-            c, h, w = shape
-            pooled = 4 if net.pools[i] != "i" else 1
-            macs = syn.in_channels * syn.out_channels * syn.kernel_size[0] ** 2 * h * w * pooled
-            total += macs * (1 if i == 0 else 2)  # layer 0: no feedback into the input
+            (k0, k1), (s0, s1), (p0, p1) = syn.kernel_size, syn.stride, syn.padding
+            h, w = (h + 2 * p0 - k0) // s0 + 1, (w + 2 * p1 - k1) // s1 + 1
+            macs.append(syn.in_channels * syn.out_channels * k0 * k1 * h * w)
+            if net.pools[len(macs) - 1] != "i":
+                h, w = h // 2, w // 2
         else:
-            total += 2 * syn.in_features * syn.out_features
-    readout = net.synapses[-1]
-    total += 2 * readout.in_features * readout.out_features
-    return 2 * total * batch
+            macs.append(syn.in_features * syn.out_features)
+    return macs
 
 
-def minibatch_flops(net: P_CNN, batch: int, phases: Phases) -> float:
-    """Relaxation steps of one minibatch plus the two Phi evaluations of the update (x3 each)."""
-    steps = phases.T1 + 2 * phases.T2
-    return step_flops(net, batch) * steps + 2 * 3 * step_flops(net, batch) / 2
+def step_flops(net: EnergyNet, batch: int, nudged: bool = False) -> float:
+    """FLOPs of one closed-form relaxation step: every synapse above the input runs forward
+    (bottom-up) and transposed (top-down); the input drive is not recomputed; the readout runs
+    only when the output is nudged (logits and their gradient)."""
+    macs = _synapse_macs(net)
+    readout = macs[-1] if net.softmax else 0.0
+    hidden = macs[1:-1] if net.softmax else macs[1:]
+    return 2.0 * batch * (2 * sum(hidden) + (2 * readout if nudged else 0.0))
+
+
+def minibatch_flops(net: EnergyNet, batch: int, phases: Phases) -> float:
+    """The free phase, both nudged phases, the input drive once, and the update (Phi and its
+    weight gradient at two equilibria: twice the forward arithmetic, twice)."""
+    forward = 2.0 * batch * sum(_synapse_macs(net))
+    nudged = 2 * phases.T2 * step_flops(net, batch, nudged=True)
+    return phases.T1 * step_flops(net, batch) + nudged + forward + 2 * 2 * forward
+
+
+def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    fa = torch.cat([t.flatten().double() for t in a])
+    fb = torch.cat([t.flatten().double() for t in b])
+    return float(fa @ fb / (fa.norm() * fb.norm()))
+
+
+def _grads(net: EnergyNet) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in net.parameters() if p.grad is not None]
+
+
+# ------------------------------------------------------------------------------- rows
+def minibatch_rows(quick: bool) -> list[Row]:
+    phases = Phases(T1=4 if quick else 20, T2=2 if quick else 4, betas=(0.0, 0.5), thirdphase=True)
+    unit = f"minibatch (T1={phases.T1}, 2x T2={phases.T2})"
+    rows = []
+    for name, (in_shape, channels, kernel, padding, batch) in CONFIGS.items():
+        torch.manual_seed(0)
+        net = build(in_shape, channels, kernel, padding)
+        ref = reference_net(net)
+        x, y = torch.rand(batch, *in_shape), torch.randint(0, 10, (batch,))
+
+        def ours_bf16():
+            with precision_context("bf16", "cpu"):
+                ep_grads(net, x, y, phases)
+
+        reference_ep(ref, x, y, phases)
+        ref_g = _grads(ref)
+        ep_grads(net, x, y, phases)
+        for a, b in zip(_grads(net), ref_g):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        ours_bf16()
+        cos = _cosine(_grads(net), ref_g)
+
+        t_ours, t_ref = time_pair(lambda: ep_grads(net, x, y, phases),
+                                  lambda: reference_ep(ref, x, y, phases),
+                                  repeat=2 if quick else 3)
+        t_bf16 = time_fn(ours_bf16, repeat=2 if quick else 3)
+        flops = minibatch_flops(net, batch, phases)
+        rows.append(Row(name=f"EP minibatch, {name}, batch {batch}", unit=unit, ours_s=t_ours,
+                        ref_s=t_ref, ref_name="autograd of Phi per step, fp32", flops=flops))
+        rows.append(Row(name=f"EP minibatch, {name}, batch {batch}, --precision bf16", unit=unit,
+                        ours_s=t_bf16, ref_s=t_ref, ref_name="autograd of Phi per step, fp32",
+                        flops=flops, precision="bf16", extra={"gradient cosine vs fp32 reference": f"{cos:.4f}"}))
+    return rows
+
+
+def step_rows(quick: bool) -> list[Row]:
+    """One free relaxation step from an equilibrium-like state: the roofline number."""
+    rows = []
+    steps = 2 if quick else 5
+    for name, (in_shape, channels, kernel, padding, batch) in CONFIGS.items():
+        torch.manual_seed(0)
+        net = build(in_shape, channels, kernel, padding)
+        ref = reference_net(net)
+        x = torch.rand(batch, *in_shape)
+        with torch.no_grad():
+            drive = net.input_drive(x)
+            states = relax(net, drive, net.init_states(batch), 3)
+            nchw = [s.contiguous() for s in states]
+            t_ours, t_ref = time_pair(lambda: relax(net, drive, states, steps),
+                                      lambda: relax_autograd(ref, x.contiguous(), nchw, steps),
+                                      repeat=3 if quick else 5)
+        rows.append(Row(name=f"EP relaxation step, {name}, batch {batch}", unit="free step",
+                        ours_s=t_ours / steps, ref_s=t_ref / steps,
+                        ref_name="autograd of Phi per step", flops=step_flops(net, batch)))
+    return rows
+
+
+class _GramCodedLCACNN(LCA_CNN):
+    """The reference LCACNN: codes from the explicit-Gram LCA (LCA-PyTorch's formulation)."""
+
+    def _code(self, x):
+        coder = self.coder
+        gram = GramLCA(coder.dictionary.detach(), coder.stride[0], coder.lambda_, coder.tau)
+        return gram(standardise(x), coder.lca_iters)
+
+
+def lcacnn_row(quick: bool) -> Row:
+    args = parse_args(LCACNN_FLAGS + ["--lca_iters", "20" if quick else "100"])
+    batch, phases = 8 if quick else 32, Phases(4 if quick else 20, 2 if quick else 5, (0.0, 0.5),
+                                                thirdphase=True)
+    torch.manual_seed(0)
+    net = build_lca_cnn(args, (3, 32, 32)).eval()  # eval: no Hebbian dictionary step
+    ref = reference_net(net)
+    ref.__class__ = _GramCodedLCACNN  # the same modules and weights, only the solver differs
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    def reference():
+        ref.input_drive(x)  # the code, once per minibatch; Phi reuses it at every step
+        reference_ep(ref, x, y, phases)
+
+    ep_grads(net, x, y, phases)
+    reference()
+    # The two codes solve the same LASSO except at the image border ('same' padding crops the
+    # atoms in ours, zero-pads the image in the reference), so the gradients agree closely only.
+    cos = _cosine(_grads(net), _grads(ref))
+    t_ours, t_ref = time_pair(lambda: ep_grads(net, x, y, phases),
+                              reference, repeat=1 if quick else 3)
+    return Row(name=f"LCACNN minibatch (LCA 64x9x9 s2 -> CNN 32-64), 32x32 RGB, batch {batch}",
+               unit=f"minibatch ({args.lca_iters} LCA iterations, T1={phases.T1}, "
+                    f"2x T2={phases.T2})",
+               ours_s=t_ours, ref_s=t_ref, ref_name="Gram LCA + autograd of Phi",
+               extra={"gradient cosine": f"{cos:.3f}"})
+
+
+def _digits_epoch(net: EnergyNet, opt, loader, phases: Phases, step) -> None:
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        step(net, x, y, phases)
+        opt.step()
+
+
+def epoch_row(quick: bool) -> Row:
+    """One training epoch of `python main_fast.py` (no flags) on the digits."""
+    args = parse_args([])
+    splits = load_task(args.task, seed=args.seed)
+    if quick:
+        splits.train = torch.utils.data.Subset(splits.train, range(256))
+    in_shape = (splits.in_channels, splits.image_size, splits.image_size)
+    torch.manual_seed(args.seed)
+    net = build_model(args, in_shape, splits.n_classes)
+    ref = reference_net(net)
+    opt, _ = build_optimizer(args, net)
+    ref_opt, _ = build_optimizer(args, ref)
+    phases = phases_of(args)
+
+    def ours():
+        train_epoch(net, opt, make_loader(splits.train, args.mbs, True, args.seed), args.alg,
+                    phases, "cpu", desc="bench")
+
+    def reference():
+        _digits_epoch(ref, ref_opt, make_loader(splits.train, args.mbs, True, args.seed),
+                      phases, reference_ep)
+
+    t_ours, t_ref = time_pair(ours, reference, repeat=1, warmup=0)
+    return Row(name=f"end-to-end training epoch, main_fast.py defaults on the digits "
+                    f"({len(splits.train)} images, batch {args.mbs})", unit="epoch",
+               ours_s=t_ours, ref_s=t_ref, ref_name="autograd of Phi per step")
 
 
 _PEAK_SCRIPT = """
@@ -102,41 +278,9 @@ def peak_memory_rows(t1_values=(50, 500)) -> list[Row]:
 
 
 def collect(quick: bool = False) -> list[Row]:
-    phases = Phases(T1=4 if quick else 10, T2=2 if quick else 3, betas=(0.0, 0.5), thirdphase=True)
-    rows = []
-    for name, (in_shape, channels, kernel, padding, batch) in CONFIGS.items():
-        torch.manual_seed(0)
-        net = build(in_shape, channels, kernel, padding)
-        x = torch.rand(batch, *in_shape)
-        y = torch.randint(0, 10, (batch,))
-
-        ep_grads(net, x, y, phases)
-        ours_g = [p.grad.clone() for p in net.parameters()]
-        reference_ep(net, x, y, phases)
-        for a, b in zip(ours_g, (p.grad for p in net.parameters())):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-
-        t_ours, t_ref = time_pair(lambda: ep_grads(net, x, y, phases),
-                                  lambda: reference_ep(net, x, y, phases),
-                                  repeat=2 if quick else 3)
-        rows.append(Row(name=f"EP minibatch, {name}, batch {batch}",
-                        unit=f"minibatch (T1={phases.T1}, 2x T2={phases.T2})", ours_s=t_ours,
-                        ref_s=t_ref, ref_name="autograd of Phi per step",
-                        flops=minibatch_flops(net, batch, phases)))
+    rows = step_rows(quick) + minibatch_rows(quick) + [lcacnn_row(quick), epoch_row(quick)]
     return rows + peak_memory_rows((20, 200) if quick else (50, 500))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    peak = gemm_peak_gflops()
-    print(f"GEMM peak (fp32, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
-    print(format_rows(collect(args.quick), peak))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, collect)

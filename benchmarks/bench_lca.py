@@ -20,9 +20,7 @@ FISTA run) for solver='lca' with tau=100 (LCA-PyTorch's default) and for solver=
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, format_rows, gemm_peak_gflops, time_pair
+from benchmarks.common import Row, bench_main, time_pair
 from eplcanet.data import natural_image_patches
 from eplcanet.sparse import LCAConv2D, make_unit_var, make_zero_mean
 
@@ -198,22 +196,5 @@ def collect(quick: bool = False) -> list[Row]:
     return rows + time_to_energy_rows(batch=8, lca_budget=6000, repeat=3)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    # The GEMM roof is measured before and after: on shared cores the larger one is closer.
-    peak = gemm_peak_gflops()
-    rows = collect(quick=args.quick)
-    peak = max(peak, gemm_peak_gflops())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)\n")
-    print(format_rows(rows, peak))
-    print(f"\n({time.perf_counter() - t0:.0f} s)")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, collect)

@@ -11,12 +11,11 @@ storages saved for backward, found with ``torch.autograd.graph.saved_tensors_hoo
 parameters excluded, since they exist anyway). On CUDA the peak allocation during forward+backward
 is reported too.
 
-    python -m benchmarks.bench_mp [--quick]
+    python -m benchmarks.bench_mp [--quick] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, format_rows, gemm_peak_gflops, sync, time_pair
+from benchmarks.common import Row, bench_main, sync, time_pair
 from eplcanet.sparse.pursuit import matching_pursuit
 
 MIB = 2**20
@@ -171,18 +170,5 @@ def collect(quick: bool = False, device: str | None = None) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small problem, under a minute")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = collect(quick=args.quick, device=args.device)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print(format_rows(rows, peak_gflops=gemm_peak_gflops(device)))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, collect, with_device=True)

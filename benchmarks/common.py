@@ -6,12 +6,16 @@ interleaved, and reports the ratio: absolute times on shared machines are noisy,
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 def sync(device: torch.device | str) -> None:
@@ -55,12 +59,60 @@ def time_pair(
     return statistics.median(t_ours), statistics.median(t_ref)
 
 
-def gemm_peak_gflops(device="cpu", n: int = 2048, dtype=torch.float32, repeat: int = 5) -> float:
-    """Measured single-matmul throughput (GFLOP/s) of this device: the roofline's compute roof."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_fn(lambda: a @ b, repeat=repeat, warmup=2, device=device)
-    return 2 * n**3 / seconds / 1e9
+def _gflops(fn: Callable[[], object], flops: float, device) -> float:
+    return flops / time_fn(fn, repeat=5, warmup=2, device=device) / 1e9
+
+
+def measure_peaks(device="cpu", n: int = 2048) -> dict[str, float]:
+    """Measured compute roofs (GFLOP/s) of this device, per precision: a 2048^3 matmul (the BLAS
+    GEMM) and a 3x3 convolution of CIFAR-size layer shape (oneDNN/cuDNN's direct kernels, which
+    on some CPUs outrun the BLAS GEMM). Keys: 'fp32 GEMM', 'fp32 conv', 'bf16 GEMM', 'bf16 conv'."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        peaks[f"{name} GEMM"] = _gflops(lambda: a @ b, 2.0 * n**3, device)
+        x = torch.randn(16, 256, 16, 16, device=device, dtype=dtype)
+        w = torch.randn(512, 256, 3, 3, device=device, dtype=dtype)
+        x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+        conv_flops = 2.0 * 16 * 512 * 256 * 9 * 16 * 16
+        peaks[f"{name} conv"] = _gflops(lambda: F.conv2d(x, w, padding=1), conv_flops, device)
+    return peaks
+
+
+def measured_around(run: Callable[[], object], device="cpu") -> tuple[object, dict[str, float]]:
+    """(run(), peaks): the roofs are measured before and after run, and the larger reading of
+    each kept (on shared cores it is the closer one)."""
+    before = measure_peaks(device)
+    result = run()
+    return result, {k: max(v, before[k]) for k, v in measure_peaks(device).items()}
+
+
+def roof(peaks: dict[str, float], precision: str = "fp32") -> float:
+    """The highest measured throughput at `precision`: what '% of peak' is relative to."""
+    return max(v for k, v in peaks.items() if k.startswith(precision))
+
+
+def describe_peaks(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()) + " GFLOP/s"
+
+
+def cpu_model(default: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo, else `default` (else the platform's machine)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default or platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    """CPU, threads, GPU, torch and python versions: the header of every benchmark output."""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_model()}, {torch.get_num_threads()} torch threads; {dev}; "
+            f"torch {torch.__version__}; python {platform.python_version()}")
 
 
 @dataclass
@@ -73,6 +125,7 @@ class Row:
     ref_s: float | None = None
     ref_name: str = ""
     flops: float | None = None  # arithmetic of one unit of our implementation
+    precision: str = "fp32"  # which measured roof the row's GFLOP/s are compared with
     extra: dict = field(default_factory=dict)
 
     @property
@@ -90,17 +143,37 @@ class Row:
         return d
 
 
-def format_rows(rows: list[Row], peak_gflops: float | None = None) -> str:
-    """A markdown table of rows (ratio = reference time / our time; > 1 means we are faster)."""
-    head = "| benchmark | unit | ours | reference | ratio | GFLOP/s | % of GEMM peak | notes |"
+def format_rows(rows: list[Row], peaks: dict[str, float] | None = None) -> str:
+    """A markdown table of rows (ratio = reference time / our time; > 1 means we are faster);
+    '% of peak' compares a row's GFLOP/s with the measured roof at its precision."""
+    head = "| benchmark | unit | ours | reference | ratio | GFLOP/s | % of peak | notes |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = f"{r.ref_s * 1e3:.2f} ms ({r.ref_name})" if r.ref_s is not None else "-"
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         gf = f"{r.gflops:.1f}" if r.gflops is not None else "-"
-        frac = f"{100 * r.gflops / peak_gflops:.0f}%" if r.gflops and peak_gflops else "-"
+        frac = f"{100 * r.gflops / roof(peaks, r.precision):.0f}%" if r.gflops and peaks else "-"
         notes = ", ".join(f"{k}={v}" for k, v in r.extra.items())
         lines.append(
             f"| {r.name} | {r.unit} | {r.ours_s * 1e3:.2f} ms | {ref} | {ratio} | {gf} | {frac} | {notes} |"
         )
     return "\n".join(lines)
+
+
+def bench_main(doc: str, collect: Callable[..., list[Row]], with_device: bool = False) -> None:
+    """The command line shared by the benchmark scripts: --quick, --threads (and --device)."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and repeats (minutes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    if with_device:
+        parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kwargs = {"device": args.device} if with_device else {}
+    device = kwargs.get("device") or ("cuda" if with_device and torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    rows, peaks = measured_around(lambda: collect(quick=args.quick, **kwargs), device)
+    print(f"{machine_line()}\npeaks: {describe_peaks(peaks)}\n")
+    print(format_rows(rows, peaks))
+    print(f"\n({time.perf_counter() - t0:.0f} s)")

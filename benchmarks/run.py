@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import platform
 import sys
 from pathlib import Path
 
@@ -21,23 +20,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import format_rows, gemm_peak_gflops
+from benchmarks.common import describe_peaks, format_rows, machine_line, measured_around
 
 SUITES = ("bench_lca", "bench_mp", "bench_ep")
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads; {dev}; torch {torch.__version__}; "
-            f"python {platform.python_version()}")
 
 
 def main() -> None:
@@ -49,7 +34,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = gemm_peak_gflops()
+
+    def run_suites():
+        sections = []
+        for name in args.only:
+            module = importlib.import_module(f"benchmarks.{name}")
+            print(f"running {name} ...", flush=True)
+            rows = module.collect(quick=args.quick)
+            sections.append(((module.__doc__ or "").strip().split("\n\n"), rows))
+        return sections
+
+    sections, peaks = measured_around(run_suites)
     lines = [
         "# Benchmarks",
         "",
@@ -57,17 +52,15 @@ def main() -> None:
         f"{f' --threads {args.threads}' if args.threads else ''}` on "
         f"{datetime.date.today().isoformat()}.",
         "",
-        f"Machine: {_machine()}. Measured fp32 GEMM peak: {peak:.1f} GFLOP/s.",
+        f"Machine: {machine_line()}. Measured peaks: {describe_peaks(peaks)}.",
         "",
         "ratio = reference time / our time (> 1: ours is faster), both measured in the same run.",
+        "% of peak = the row's GFLOP/s over the highest throughput measured in the same run at its",
+        "precision (a 2048^3 matmul and a CIFAR-size 3x3 convolution, before and after the rows).",
     ]
-    for name in args.only:
-        module = importlib.import_module(f"benchmarks.{name}")
-        print(f"running {name} ...", flush=True)
-        rows = module.collect(quick=args.quick)
-        doc = (module.__doc__ or "").strip().split("\n\n")
+    for doc, rows in sections:
         lines += ["", f"## {doc[0].strip()}", "", *(p.strip() + "\n" for p in doc[1:-1]),
-                  format_rows(rows, peak)]
+                  format_rows(rows, peaks)]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

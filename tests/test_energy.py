@@ -5,7 +5,15 @@ import torch
 
 from eplcanet.energy.activations import ACTIVATIONS, get_activation
 from eplcanet.energy.dynamics import autograd_step, relax, relax_autograd, step
-from eplcanet.energy.learning import Phases, ep_grads, estimate_grads, gdu_metrics, gdu_traces
+from eplcanet.energy.learning import (
+    Phases,
+    ep_grads,
+    estimate_grads,
+    free_phase,
+    gdu_metrics,
+    gdu_traces,
+    phi_param_grads,
+)
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 
 D = torch.float64
@@ -181,3 +189,35 @@ def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
     assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.98
     with pytest.raises(ValueError, match="accepted: fp32, tf32, bf16"):
         precision_context("fp16", "cpu")
+
+
+def test_update_runs_in_fp32_under_bf16_autocast():
+    # The EP estimate divides a difference of two nearly equal gradients by beta: under bf16
+    # it would lose most of its digits, so phi_param_grads must leave autocast.
+    from eplcanet.train import precision_context
+
+    torch.manual_seed(10)
+    net = _cnn(softmax=True, loss="cel").float()
+    x, y = torch.rand(6, 2, 9, 9), torch.randint(0, 10, (6,))
+    _, free = free_phase(net, x, 10)
+    with torch.no_grad():
+        drive = net.input_drive(x)
+        plus, minus = (relax(net, drive, free, 3, b, y) for b in (0.5, -0.5))
+    ref = phi_param_grads(net, x, y, minus, -0.5, plus, 0.5)
+    with precision_context("bf16", "cpu"):
+        got = phi_param_grads(net, x, y, minus, -0.5, plus, 0.5)
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b)
+
+
+def test_states_and_weights_stay_channels_last_with_one_input_channel():
+    # A 1-channel input is both NCHW- and NHWC-contiguous, so the convolution cannot infer the
+    # layout from it: the drive must be set to channels_last, or every state falls back to NCHW.
+    torch.manual_seed(11)
+    net = P_CNN((1, 16, 16), [4, 6], [3, 3], [1, 1], [0, 0], "mm", [10], softmax=True, loss="cel")
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in net.synapses if isinstance(m, torch.nn.Conv2d))
+    _, states = free_phase(net, torch.rand(3, 1, 16, 16), 4)
+    assert all(s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous()
+               for s in states if s.dim() == 4)

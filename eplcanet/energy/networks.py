@@ -147,6 +147,8 @@ class EnergyNet(nn.Module):
         # The readout is a synapse without a layer of neurons behind it.
         self.state_shapes = shapes[:-1] if softmax else shapes
         scaled_init_(self, scale)
+        # Conv weights in the states' layout: oneDNN would otherwise reorder them at every call.
+        self.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -191,7 +193,9 @@ class EnergyNet(nn.Module):
     def input_drive(self, x: torch.Tensor) -> torch.Tensor:
         """Bottom-up drive of the first layer, Pool(W_0 * x + b_0): constant during relaxation."""
         if self.n_conv:
-            return self._pool(0, self.synapses[0](_fast_layout(x)))[0]
+            # With one input channel the conv cannot infer channels_last from x: set it on the
+            # drive, or the states it is added to fall back to NCHW after the first step.
+            return _fast_layout(self._pool(0, self.synapses[0](_fast_layout(x)))[0])
         return self.synapses[0](x.flatten(1))
 
     def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
@@ -339,6 +343,7 @@ class VF_CNN(EnergyNet):
         self.feedback = nn.ModuleList(feedback)
         scale = kwargs.get("scale")
         scaled_init_(self.feedback, scale)
+        self.feedback.to(memory_format=torch.channels_last)
 
     def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
         conv, fb = self.synapses[i], self.feedback[i]
