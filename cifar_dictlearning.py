@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--results-dir", default="./results")
     p.add_argument("--out", default=None, help="dictionary file (default: RUN_DIR/dictionary.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to replace an existing dictionary file")
     return p.parse_args(argv)
 
 
@@ -159,6 +161,9 @@ def check_args(args: argparse.Namespace) -> torch.device:
     if not args.lca_lambda >= 0 or not args.lca_eta > 0 or not args.lca_tau >= 1:
         raise ValueError("need --lca_lambda >= 0, --lca_eta > 0 and --lca_tau >= 1")
     lambda_schedule(args.lambda_schedule, args.lca_lambda)
+    if args.out is not None and Path(args.out).exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} exists (a learned dictionary would be lost): give "
+                         "another path, or --overwrite to replace it")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -125,8 +125,8 @@ class Row:
     ref_s: float | None = None
     ref_name: str = ""
     flops: float | None = None  # arithmetic of one unit of our implementation
-    precision: str = "fp32"  # which measured roof the row's GFLOP/s are compared with
     extra: dict = field(default_factory=dict)
+    precision: str = "fp32"  # which measured roof the row's GFLOP/s are compared with
 
     @property
     def ratio(self) -> float | None:

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import describe_peaks, format_rows, machine_line, measured_around
 
 SUITES = ("bench_lca", "bench_mp", "bench_ep")
+DISTRIBUTED = Path("docs/distributed-benchmark.md")
 
 
 def main() -> None:
@@ -61,6 +62,12 @@ def main() -> None:
     for doc, rows in sections:
         lines += ["", f"## {doc[0].strip()}", "", *(p.strip() + "\n" for p in doc[1:-1]),
                   format_rows(rows, peaks)]
+    # The data-parallel table needs several processes and minutes; its own script writes it.
+    if DISTRIBUTED.is_file():
+        lines += ["", "## Data-parallel throughput (1 vs 2 processes)", "",
+                  f"Copied from [{DISTRIBUTED}]({DISTRIBUTED}), which "
+                  "`python benchmarks/bench_distributed.py` writes (its own date and command):", "",
+                  DISTRIBUTED.read_text().split("\n", 1)[1].strip()]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -39,6 +39,7 @@ TINY += ["--eval-iters", "10", "--lca_ksize", "5"]
         (["--lambda-schedule", "cosine"], "linear:START:EPOCHS"),
         (["--lambda-schedule", "linear:0.1:0"], "EPOCHS > 0"),
         (["--device", "tpu"], "device"),
+        (["--out", str(_SCRIPT)], "exists .* --overwrite"),
     ],
 )
 def test_bad_flags_are_rejected_before_any_work(flags, match, tmp_path):
