@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.lines import Line2D
 
 from eplcanet.runs import read_metrics
@@ -77,6 +78,7 @@ def plot_curves(metrics: str | Path | list[dict[str, Any]], path: str | Path) ->
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5 ticks
     return _save(fig, _target(path, "train-test_acc.png"))
 
 
