@@ -42,7 +42,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
-    """The network named by --model for inputs of shape in_shape (C, H, W)."""
+    """The network named by --model for inputs of shape in_shape (C, H, W), relaxing with the
+    --updates order."""
+    net = _build_network(args, in_shape, n_classes)
+    net.update_order = args.updates
+    return net
+
+
+def _build_network(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
     if args.fc[-1] != n_classes and args.model != "MLP":
         raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
                          f"classes of --task {args.task} ({n_classes})")

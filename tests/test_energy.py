@@ -221,3 +221,64 @@ def test_states_and_weights_stay_channels_last_with_one_input_channel():
     _, states = free_phase(net, torch.rand(3, 1, 16, 16), 4)
     assert all(s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous()
                for s in states if s.dim() == 4)
+
+
+def _alternating(net):
+    net.update_order = "alternate"
+    return net
+
+
+@pytest.mark.parametrize("pools", ["mm", "ai"])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_alternate_step_equals_autograd_of_phi_even_then_odd(pools, softmax):
+    torch.manual_seed(12)
+    net = _alternating(_cnn(pools, softmax, "cel"))
+    x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
+    s = _random_states(net)
+    for beta in (0.0, 0.6):
+        ours = step(net, net.input_drive(x), s, beta, y)
+        # independent reference: one full autograd update, keep the even layers; a second one
+        # from those states, keep the odd layers
+        net.update_order = "sync"
+        first = autograd_step(net, x, s, beta, y)
+        mixed = [first[i] if i % 2 == 0 else s[i] for i in range(len(s))]
+        second = autograd_step(net, x, mixed, beta, y)
+        ref = [mixed[i] if i % 2 == 0 else second[i] for i in range(len(s))]
+        net.update_order = "alternate"
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_partial_gradients_equal_the_full_ones_and_skip_the_rest():
+    torch.manual_seed(13)
+    for net in (_cnn("mm", True, "cel"), _cnn(cls=VF_CNN), P_MLP([20, 15, 12, 10]).to(D)):
+        x = torch.rand(4, *net.in_shape, dtype=D)
+        y = torch.randint(0, 10, (4,))
+        s = _random_states(net, 4)
+        full = net.phi_grad_states(net.input_drive(x), s, 0.4, y)
+        for layers in ({0}, {1}, {0, 2}, {len(s) - 1}):
+            part = net.phi_grad_states(net.input_drive(x), s, 0.4, y, layers)
+            for i, (a, b) in enumerate(zip(part, full)):
+                if i in layers:
+                    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+                else:
+                    assert a is None
+
+
+def test_alternate_updates_reach_a_fixed_point_of_the_synchronous_dynamics_sooner():
+    torch.manual_seed(14)
+    net = P_MLP([20, 30, 25, 10], act="mysig").to(D)
+    x = torch.rand(6, 20, dtype=D)
+    drive = net.input_drive(x)
+    star = relax(net, drive, net.init_states(6), 400)
+    assert max((a - b).abs().max() for a, b in zip(step(net, drive, star), star)) < 1e-10
+
+    def distance(states):
+        return sum((a - b).norm() for a, b in zip(states, star))
+
+    sync_10 = distance(relax(net, drive, net.init_states(6), 10))
+    alt = relax(_alternating(net), drive, net.init_states(6), 400)
+    assert max((a - b).abs().max() for a, b in zip(alt, star)) < 1e-8
+    assert distance(relax(net, drive, net.init_states(6), 10)) < sync_10
+    with pytest.raises(ValueError, match="accepted: sync, alternate"):
+        net.update_order = "gauss"

@@ -136,3 +136,17 @@ def test_missing_checkpoint_is_reported_before_work(tmp_path):
     argv = ["--todo", "evaluate", "--load-path", str(tmp_path)]
     with pytest.raises(SystemExit, match="no checkpoint.pt"):
         run(parse_args(argv), argv)
+
+
+def test_alternate_update_order_trains_and_is_recorded(tmp_path):
+    from eplcanet.experiment import build_model
+
+    argv = ["--updates", "alternate", "--T1", "10", "--T2", "2", "--epochs", "1", "--device",
+            "cpu", "--save", "--results-dir", str(tmp_path)]
+    args = parse_args(argv)
+    assert build_model(args, (1, 8, 8), 10).update_order == "alternate"
+    assert parse_args(TINY).updates == "sync"
+    result = run(args, argv)
+    assert result["test_acc"] > 0.3  # one tiny epoch on the digits, far above chance (0.1)
+    hp = json.loads(next(tmp_path.glob("digits/EP/CNN/*/run_1/hyperparameters.json")).read_text())
+    assert hp["updates"] == "alternate"

@@ -1,7 +1,11 @@
 """Relaxation of an EnergyNet: the minimiser, separate from the gradient estimators.
 
-Every layer is updated synchronously, s_i <- sigma(dPhi/ds_i(s)), from the states of the previous
-step. ``relax`` uses the network's closed-form dPhi/ds and the input drive computed once;
+By default every layer is updated synchronously, s_i <- sigma(dPhi/ds_i(s)), from the states of
+the previous step. With ``net.update_order = 'alternate'`` a step first updates the even layers,
+then the odd layers from the new even ones (each layer's gradient depends only on its
+neighbours, so this is an exact block Gauss-Seidel sweep): it reaches the same fixed points in
+about half the steps, at about 1.5 times the cost of a step. It changes the dynamics (and so
+what BPTT differentiates and the GDU comparison), hence it is off by default. ``relax`` uses the network's closed-form dPhi/ds and the input drive computed once;
 ``relax_autograd`` is the plain reference formulation (autograd of Phi at every step) kept for
 tests and benchmarks.
 """
@@ -20,11 +24,20 @@ def step(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """One synchronous update of all layers (closed form).
+    """One update of all layers (closed form): synchronous, or even layers then odd layers when
+    ``net.update_order`` is 'alternate'.
 
     New states keep the dtype of the old ones: under bf16 autocast the convolutions run in bf16
     while the states stay in fp32, so rounding errors do not accumulate over the relaxation.
     """
+    if net.update_order == "alternate":
+        new = list(states)
+        for parity in (0, 1):  # even layers from the old states, then odd ones from the new
+            layers = set(range(parity, len(states), 2))
+            grads = net.phi_grad_states(drive, new, beta, y, layers)
+            for i in layers:
+                new[i] = net.act(grads[i]).to(states[i].dtype)
+        return new
     grads = net.phi_grad_states(drive, states, beta, y)
     return [net.act(g).to(s.dtype) for g, s in zip(grads, states)]
 
@@ -54,11 +67,19 @@ def autograd_step(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Reference update: sigma(dPhi/ds) with dPhi/ds from autograd of Phi at the current states."""
-    with torch.enable_grad():
-        leaves = [s.detach().requires_grad_(True) for s in states]
-        grads = torch.autograd.grad(net.phi(x, leaves, beta, y).sum(), leaves)
-    return [net.act(g) for g in grads]
+    """Reference update: sigma(dPhi/ds) with dPhi/ds from autograd of Phi at the current states
+    (synchronous; for 'alternate', applied to the even and then the odd layers)."""
+    layer_sets = [range(len(states))]
+    if net.update_order == "alternate":
+        layer_sets = [range(0, len(states), 2), range(1, len(states), 2)]
+    new = list(states)
+    for layers in layer_sets:
+        with torch.enable_grad():
+            leaves = [s.detach().requires_grad_(True) for s in new]
+            grads = torch.autograd.grad(net.phi(x, leaves, beta, y).sum(), leaves)
+        for i in layers:
+            new[i] = net.act(grads[i])
+    return new
 
 
 def relax_autograd(

@@ -243,11 +243,14 @@ class LCA_CNN(EnergyNet):
         states: list[Tensor],
         beta: float | Tensor = 0.0,
         y: Tensor | None = None,
-    ) -> list[Tensor]:
-        """[a + g * W_1^T Unpool(s_1), dPhi/ds_1, ...] in closed form; `drive` is the code a."""
-        up, down = self._conv_synapse(0, states[0], states[1])
-        rest = super().phi_grad_states(up, states[1:], beta, y)
-        return [drive + self.scale_feedback * down, *rest]
+        layers: set[int] | None = None,
+    ) -> list[Tensor | None]:
+        """[a + g * W_1^T Unpool(s_1), dPhi/ds_1, ...] in closed form; `drive` is the code a.
+        `layers` as in EnergyNet (None: all)."""
+        want = set(range(len(states))) if layers is None else set(layers)
+        up, down = self._conv_synapse(0, states[0], states[1], 1 in want, 0 in want)
+        rest = super().phi_grad_states(up, states[1:], beta, y, {i - 1 for i in want if i})
+        return [drive + self.scale_feedback * down if 0 in want else None, *rest]
 
     # ----------------------------------------------------------------------------- dictionary
     def on_nudged(self, x: Tensor, states: list[Tensor], beta: float) -> None:

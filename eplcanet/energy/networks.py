@@ -30,6 +30,7 @@ from .activations import get_activation
 
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
+UPDATE_ORDERS = ("sync", "alternate")  # see eplcanet.energy.dynamics
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -149,6 +150,19 @@ class EnergyNet(nn.Module):
         scaled_init_(self, scale)
         # Conv weights in the states' layout: oneDNN would otherwise reorder them at every call.
         self.to(memory_format=torch.channels_last)
+        self.update_order = "sync"
+
+    @property
+    def update_order(self) -> str:
+        """'sync' (every layer from the previous states) or 'alternate' (even layers, then odd
+        layers from the new even ones); see ``eplcanet.energy.dynamics``."""
+        return self._update_order
+
+    @update_order.setter
+    def update_order(self, value: str) -> None:
+        if value not in UPDATE_ORDERS:
+            raise ValueError(f"unknown update order {value!r}; accepted: {', '.join(UPDATE_ORDERS)}")
+        self._update_order = value
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -198,13 +212,17 @@ class EnergyNet(nn.Module):
             return _fast_layout(self._pool(0, self.synapses[0](_fast_layout(x)))[0])
         return self.synapses[0](x.flatten(1))
 
-    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
-        """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1."""
+    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
+                      up: bool = True, down: bool = True):
+        """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1; either
+        is None when not asked for (the convolution is still needed for the max-pool indices)."""
         conv = self.synapses[i]
         h = conv(s_prev)
         pooled, idx = self._pool(i, h)
-        down = self._conv_t(self._unpool(i, s_i, idx, h.shape), conv, s_prev.shape[-2:])
-        return pooled, down
+        top_down = None
+        if down:
+            top_down = self._conv_t(self._unpool(i, s_i, idx, h.shape), conv, s_prev.shape[-2:])
+        return (pooled if up else None), top_down
 
     def _fc_feedback_weight(self, i: int) -> torch.Tensor:
         return self.synapses[i].weight
@@ -262,32 +280,41 @@ class EnergyNet(nn.Module):
 
     def phi_grad_states(
         self,
-        drive: torch.Tensor,
+        drive: torch.Tensor | None,
         states: list[torch.Tensor],
         beta: float | torch.Tensor = 0.0,
         y: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
+        layers: set[int] | None = None,
+    ) -> list[torch.Tensor | None]:
         """dPhi/ds_i for every layer, in closed form; `drive` is ``input_drive(x)``.
 
         beta may be a (batch,) tensor: one nudging strength per sample (the +beta and -beta
-        phases then run as one batch).
+        phases then run as one batch). `layers`: the layers whose gradient is wanted (None: all);
+        the others come back as None and only the synapses the wanted ones need are evaluated
+        (the alternating update order updates even, then odd layers).
         """
-        grads: list[torch.Tensor] = [drive]
-        downs: list[torch.Tensor | None] = [None] * len(states)
-        for i in range(1, len(states)):
+        n = len(states)
+        want = set(range(n)) if layers is None else set(layers)
+        ups: list[torch.Tensor | None] = [drive] + [None] * (n - 1)
+        downs: list[torch.Tensor | None] = [None] * n
+        for i in range(1, n):
+            need_up, need_down = i in want, i - 1 in want
+            if not (need_up or need_down):
+                continue
             s_prev = states[i - 1]
             if i < self.n_conv:
-                up, downs[i - 1] = self._conv_synapse(i, s_prev, states[i])
-            else:
-                up = self.synapses[i](s_prev.flatten(1))
-                w = self._fc_feedback_weight(i)
-                downs[i - 1] = (states[i] @ w).view_as(s_prev)
-            grads.append(up)
-        if _nudged(beta):
+                ups[i], downs[i - 1] = self._conv_synapse(i, s_prev, states[i], need_up, need_down)
+                continue
+            if need_up:
+                ups[i] = self.synapses[i](s_prev.flatten(1))
+            if need_down:
+                downs[i - 1] = (states[i] @ self._fc_feedback_weight(i)).view_as(s_prev)
+        if _nudged(beta) and n - 1 in want:
             g = self._loss_grad(states, y)
             nudge = -_per_sample(beta, g) * g
             downs[-1] = nudge if downs[-1] is None else downs[-1] + nudge
-        return [g if d is None else g + d for g, d in zip(grads, downs)]
+        return [None if i not in want else (u if d is None else u + d)
+                for i, (u, d) in enumerate(zip(ups, downs))]
 
     def predict(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Predicted class per sample, (batch,)."""
@@ -345,13 +372,16 @@ class VF_CNN(EnergyNet):
         scaled_init_(self.feedback, scale)
         self.feedback.to(memory_format=torch.channels_last)
 
-    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor):
+    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
+                      up: bool = True, down: bool = True):
         conv, fb = self.synapses[i], self.feedback[i]
-        pooled = self._pool(i, conv(s_prev))[0]
-        h_b = fb(s_prev)
-        _, idx = self._pool(i, h_b)
-        down = self._conv_t(self._unpool(i, s_i, idx, h_b.shape), fb, s_prev.shape[-2:])
-        return pooled, down
+        pooled = self._pool(i, conv(s_prev))[0] if up else None
+        top_down = None
+        if down:
+            h_b = fb(s_prev)
+            _, idx = self._pool(i, h_b)
+            top_down = self._conv_t(self._unpool(i, s_i, idx, h_b.shape), fb, s_prev.shape[-2:])
+        return pooled, top_down
 
     def _fc_feedback_weight(self, i: int) -> torch.Tensor:
         return self.feedback[i].weight
