@@ -138,7 +138,7 @@ def test_missing_checkpoint_is_reported_before_work(tmp_path):
         run(parse_args(argv), argv)
 
 
-def test_alternate_update_order_trains_and_is_recorded(tmp_path):
+def test_alternate_update_order_trains_and_is_recorded(tmp_path, capsys):
     from eplcanet.experiment import build_model
 
     argv = ["--updates", "alternate", "--T1", "10", "--T2", "2", "--epochs", "1", "--device",
@@ -148,5 +148,8 @@ def test_alternate_update_order_trains_and_is_recorded(tmp_path):
     assert parse_args(TINY).updates == "sync"
     result = run(args, argv)
     assert result["test_acc"] > 0.3  # one tiny epoch on the digits, far above chance (0.1)
-    hp = json.loads(next(tmp_path.glob("digits/EP/CNN/*/run_1/hyperparameters.json")).read_text())
-    assert hp["updates"] == "alternate"
+    run_dir = next(tmp_path.glob("digits/EP/CNN/*/run_1"))
+    assert json.loads((run_dir / "hyperparameters.json").read_text())["updates"] == "alternate"
+    evaluate = ["--todo", "evaluate", "--load-path", str(run_dir), "--T1", "10", "--device", "cpu"]
+    run(parse_args(evaluate), evaluate)
+    assert "trained with --updates alternate" in capsys.readouterr().out
