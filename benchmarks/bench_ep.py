@@ -9,6 +9,9 @@ before timing in float64 (to 1e-7); with --precision bf16 (autocast: the convolu
 bfloat16, the states and the update in fp32) the notes give the cosine similarity of the whole
 gradient with the fp32 reference.
 
+The alternate rows time one step of the optional --updates alternate order (even layers, then odd
+layers) against our synchronous step: dearer per step, it needs about half the steps.
+
 The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D (residual form),
 the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The
 epoch row trains one epoch of main_fast.py's no-flag configuration on the digits with each.
@@ -181,9 +184,18 @@ def step_rows(quick: bool) -> list[Row]:
             t_ours, t_ref = time_pair(lambda: relax(net, drive, states, steps),
                                       lambda: relax_autograd(ref, x.contiguous(), nchw, steps),
                                       repeat=3 if quick else 5)
+            alternate = copy.deepcopy(net)
+            alternate.update_order = "alternate"
+            t_alt, t_sync = time_pair(lambda: relax(alternate, drive, states, steps),
+                                      lambda: relax(net, drive, states, steps),
+                                      repeat=3 if quick else 5)
         rows.append(Row(name=f"EP relaxation step, {name}, batch {batch}", unit="free step",
                         ours_s=t_ours / steps, ref_s=t_ref / steps,
                         ref_name="autograd of Phi per step", flops=step_flops(net, batch)))
+        rows.append(Row(name=f"EP relaxation step, --updates alternate, {name}, batch {batch}",
+                        unit="free step", ours_s=t_alt / steps, ref_s=t_sync / steps,
+                        ref_name="our sync step",
+                        extra={"note": "about half the steps to equilibrium (docs/performance.md)"}))
     return rows
 
 
