@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from .data import TASKS
 from .energy.activations import ACTIVATIONS
@@ -176,5 +178,25 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+# What one invocation does, not what the run is: never taken from a loaded run.
+_PER_INVOCATION = {"todo", "load_path", "device", "save", "results_dir", "download"}
+
+
+def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
+    """The flags a run at load_path was made with (its hyperparameters.json), as parser defaults:
+    `--todo evaluate --load-path RUN` then rebuilds the run's network, data split (--seed) and
+    dynamics without repeating its flags; a flag given on the command line still wins."""
+    record = Path(load_path) / "hyperparameters.json"
+    if not record.is_file():
+        return {}
+    known = {action.dest for action in parser._actions}
+    saved = json.loads(record.read_text())
+    return {k: v for k, v in saved.items() if k in known and k not in _PER_INVOCATION}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return validate(build_parser().parse_args(argv))
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.load_path:
+        parser.set_defaults(**run_defaults(parser, first.load_path))
+    return validate(parser.parse_args(argv))

@@ -120,7 +120,9 @@ def test_evaluate_and_gducheck_on_a_saved_run(tmp_path, capsys):
     argv = TINY + ["--save", "--results-dir", str(tmp_path), "--epochs", "1"]
     trained = run(parse_args(argv), argv)
     run_dir = next(tmp_path.glob("digits/EP/CNN/*/run_1"))
-    ev = ["--todo", "evaluate", "--load-path", str(run_dir)] + TINY
+    # no architecture flag: the run's own (hyperparameters.json) rebuild its network and split
+    ev = ["--todo", "evaluate", "--load-path", str(run_dir), "--device", "cpu"]
+    assert parse_args(ev).channels == [4, 8] and parse_args(ev).T1 == 6
     assert run(parse_args(ev), ev)["test_acc"] == pytest.approx(trained["best"]["test_acc"])
     gdu = ["--todo", "gducheck", "--load-path", str(run_dir), "--act", "mysig",
            "--T1", "60", "--T2", "6", "--betas", "0", "0.01"] + TINY[:3] + ["--device", "cpu"]
@@ -150,6 +152,8 @@ def test_alternate_update_order_trains_and_is_recorded(tmp_path, capsys):
     assert result["test_acc"] > 0.3  # one tiny epoch on the digits, far above chance (0.1)
     run_dir = next(tmp_path.glob("digits/EP/CNN/*/run_1"))
     assert json.loads((run_dir / "hyperparameters.json").read_text())["updates"] == "alternate"
-    evaluate = ["--todo", "evaluate", "--load-path", str(run_dir), "--T1", "10", "--device", "cpu"]
+    evaluate = ["--todo", "evaluate", "--load-path", str(run_dir), "--device", "cpu"]
+    assert parse_args(evaluate).updates == "alternate"  # the run's own order by default
+    evaluate += ["--updates", "sync"]  # an explicit flag wins, with a warning
     run(parse_args(evaluate), evaluate)
     assert "trained with --updates alternate" in capsys.readouterr().out
