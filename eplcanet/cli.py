@@ -190,7 +190,10 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
     if not record.is_file():
         return {}
     known = {action.dest for action in parser._actions}
-    saved = json.loads(record.read_text())
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: --load-path {load_path}: cannot read {record.name} ({err})")
     return {k: v for k, v in saved.items() if k in known and k not in _PER_INVOCATION}
 
 

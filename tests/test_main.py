@@ -138,6 +138,9 @@ def test_missing_checkpoint_is_reported_before_work(tmp_path):
     argv = ["--todo", "evaluate", "--load-path", str(tmp_path)]
     with pytest.raises(SystemExit, match="no checkpoint.pt"):
         run(parse_args(argv), argv)
+    (tmp_path / "hyperparameters.json").write_text("{oops")
+    with pytest.raises(SystemExit, match="cannot read hyperparameters.json"):
+        parse_args(argv)
 
 
 def test_alternate_update_order_trains_and_is_recorded(tmp_path, capsys):
