@@ -4,8 +4,10 @@ By default every layer is updated synchronously, s_i <- sigma(dPhi/ds_i(s)), fro
 the previous step. With ``net.update_order = 'alternate'`` a step first updates the even layers,
 then the odd layers from the new even ones (each layer's gradient depends only on its
 neighbours, so this is an exact block Gauss-Seidel sweep): it reaches the same fixed points in
-about half the steps, at about 1.5 times the cost of a step. It changes the dynamics (and so
-what BPTT differentiates and the GDU comparison), hence it is off by default. ``relax`` uses the network's closed-form dPhi/ds and the input drive computed once;
+about half the steps, at 1.3-1.5 times the cost of a step. It changes the dynamics (and so what
+BPTT differentiates and the GDU comparison), hence it is off by default.
+
+``relax`` uses the network's closed-form dPhi/ds and the input drive computed once;
 ``relax_autograd`` is the plain reference formulation (autograd of Phi at every step) kept for
 tests and benchmarks.
 """
@@ -17,6 +19,14 @@ import torch
 from .networks import EnergyNet
 
 
+def update_sweeps(net: EnergyNet, n_layers: int) -> list[range]:
+    """The layer sets one step updates in turn, each from the states the previous set left: all
+    layers at once ('sync'), or the even layers then the odd ones ('alternate')."""
+    if net.update_order == "alternate":
+        return [range(0, n_layers, 2), range(1, n_layers, 2)]
+    return [range(n_layers)]
+
+
 def step(
     net: EnergyNet,
     drive: torch.Tensor,
@@ -24,22 +34,17 @@ def step(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """One update of all layers (closed form): synchronous, or even layers then odd layers when
-    ``net.update_order`` is 'alternate'.
+    """One update of all layers (closed form), in the sweeps of ``net.update_order``.
 
     New states keep the dtype of the old ones: under bf16 autocast the convolutions run in bf16
     while the states stay in fp32, so rounding errors do not accumulate over the relaxation.
     """
-    if net.update_order == "alternate":
-        new = list(states)
-        for parity in (0, 1):  # even layers from the old states, then odd ones from the new
-            layers = set(range(parity, len(states), 2))
-            grads = net.phi_grad_states(drive, new, beta, y, layers)
-            for i in layers:
-                new[i] = net.act(grads[i]).to(states[i].dtype)
-        return new
-    grads = net.phi_grad_states(drive, states, beta, y)
-    return [net.act(g).to(s.dtype) for g, s in zip(grads, states)]
+    new = list(states)
+    for layers in update_sweeps(net, len(states)):
+        grads = net.phi_grad_states(drive, new, beta, y, set(layers))
+        for i in layers:
+            new[i] = net.act(grads[i]).to(states[i].dtype)
+    return new
 
 
 def relax(
@@ -50,7 +55,7 @@ def relax(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """`steps` synchronous updates from `states`; `drive` = ``net.input_drive(x)``.
+    """`steps` updates from `states` (see ``step``); `drive` = ``net.input_drive(x)``.
 
     Runs under the caller's grad mode: call it inside ``torch.no_grad()`` for EP phases (no graph
     is kept, so memory does not grow with `steps`) and with grad enabled for BPTT.
@@ -67,13 +72,10 @@ def autograd_step(
     beta: float = 0.0,
     y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Reference update: sigma(dPhi/ds) with dPhi/ds from autograd of Phi at the current states
-    (synchronous; for 'alternate', applied to the even and then the odd layers)."""
-    layer_sets = [range(len(states))]
-    if net.update_order == "alternate":
-        layer_sets = [range(0, len(states), 2), range(1, len(states), 2)]
+    """Reference update: sigma(dPhi/ds) with dPhi/ds from autograd of Phi, in the same sweeps as
+    ``step``."""
     new = list(states)
-    for layers in layer_sets:
+    for layers in update_sweeps(net, len(states)):
         with torch.enable_grad():
             leaves = [s.detach().requires_grad_(True) for s in new]
             grads = torch.autograd.grad(net.phi(x, leaves, beta, y).sum(), leaves)
