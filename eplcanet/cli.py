@@ -200,6 +200,13 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    if first.load_path:
-        parser.set_defaults(**run_defaults(parser, first.load_path))
-    return validate(parser.parse_args(argv))
+    saved = run_defaults(parser, first.load_path) if first.load_path else {}
+    parser.set_defaults(**saved)
+    args = validate(parser.parse_args(argv))
+    # The relaxation order is a flag, not part of the weights: an explicit other order measures
+    # the loaded run with other dynamics, so say so (runs from before the flag relaxed in sync).
+    trained = saved.get("updates", "sync")
+    if saved and trained != args.updates:
+        print(f"warning: {args.load_path} was trained with --updates {trained}; this run relaxes "
+              f"with --updates {args.updates} (pass --updates {trained} to match)")
+    return args

@@ -115,8 +115,6 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
     seed_everything(args.seed)
     if args.load_path and not (Path(args.load_path) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: --load-path {args.load_path} has no checkpoint.pt")
-    if args.load_path:
-        _warn_if_update_order_differs(args)
     with dist.main_first():  # with --download: one download, then the others read the files
         splits = load_task(args.task, data_dir=args.data_dir, data_path=args.data_path,
                            download=args.download, val_fraction=args.val_fraction,
@@ -142,16 +140,6 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
     if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.robustness
         return run_todo(args, net, splits, device, run_dir)
     return _gducheck(args, net, splits, device, run_dir)
-
-
-def _warn_if_update_order_differs(args) -> None:
-    """The relaxation order is a flag, not part of the weights: say so when a loaded run was
-    trained with another one (its accuracy would then be measured with other dynamics)."""
-    hp = Path(args.load_path) / "hyperparameters.json"
-    trained = json.loads(hp.read_text()).get("updates", "sync") if hp.is_file() else args.updates
-    if trained != args.updates:
-        print(f"warning: {args.load_path} was trained with --updates {trained}; this run relaxes "
-              f"with --updates {args.updates} (pass --updates {trained} to match)")
 
 
 def _load_trained(net: EnergyNet, run_dir: Path | None, device) -> None:
