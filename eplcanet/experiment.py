@@ -46,6 +46,7 @@ def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
     --updates order."""
     net = _build_network(args, in_shape, n_classes)
     net.update_order = args.updates
+    net.conv_algo = args.conv_algo
     return net
 
 

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
+from .winograd import WinogradConvs, eligible
 
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
 UPDATE_ORDERS = ("sync", "alternate")  # see eplcanet.energy.dynamics
+CONV_ALGOS = ("auto", "direct")  # see EnergyNet.conv_algo
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -151,6 +153,8 @@ class EnergyNet(nn.Module):
         # Conv weights in the states' layout: oneDNN would otherwise reorder them at every call.
         self.to(memory_format=torch.channels_last)
         self.update_order = "sync"
+        self.conv_algo = "auto"
+        self._winograd = WinogradConvs()
 
     @property
     def update_order(self) -> str:
@@ -163,6 +167,23 @@ class EnergyNet(nn.Module):
         if value not in UPDATE_ORDERS:
             raise ValueError(f"unknown update order {value!r}; accepted: {', '.join(UPDATE_ORDERS)}")
         self._update_order = value
+
+    @property
+    def conv_algo(self) -> str:
+        """How the relaxation steps convolve. 'auto': Winograd F(4x4, r x r)
+        (``eplcanet.energy.winograd``) for the wide stride-1 3x3 and 5x5 synapses on CPU in fp32
+        or fp64, the direct convolution of oneDNN / cuDNN elsewhere; 'direct': always the latter.
+        The two agree to float rounding; Phi and the parameter update always convolve directly."""
+        return self._conv_algo
+
+    @conv_algo.setter
+    def conv_algo(self, value: str) -> None:
+        if value not in CONV_ALGOS:
+            raise ValueError(f"unknown conv algorithm {value!r}; accepted: {', '.join(CONV_ALGOS)}")
+        self._conv_algo = value
+
+    def _fast(self, conv: nn.Conv2d, x: torch.Tensor) -> bool:
+        return self._conv_algo == "auto" and eligible(conv, x)
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -197,9 +218,14 @@ class EnergyNet(nn.Module):
             return F.pad(up, (0, dw, 0, dh)) if dh or dw else up
         return s
 
-    @staticmethod
-    def _conv_t(g: torch.Tensor, conv: nn.Conv2d, out_hw) -> torch.Tensor:
+    def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """conv(x) in a relaxation step."""
+        return self._winograd.forward(conv, x) if self._fast(conv, x) else conv(x)
+
+    def _conv_t(self, g: torch.Tensor, conv: nn.Conv2d, out_hw) -> torch.Tensor:
         """The adjoint of `conv` (without bias) applied to g, sized to out_hw."""
+        if self._fast(conv, g):
+            return self._winograd.adjoint(conv, g, out_hw)
         k, s, p = conv.kernel_size, conv.stride, conv.padding
         op = [out_hw[d] - ((g.shape[2 + d] - 1) * s[d] - 2 * p[d] + k[d]) for d in range(2)]
         return F.conv_transpose2d(g, conv.weight, None, s, p, tuple(op))
@@ -217,7 +243,7 @@ class EnergyNet(nn.Module):
         """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1; either
         is None when not asked for (the convolution is still needed for the max-pool indices)."""
         conv = self.synapses[i]
-        h = conv(s_prev)
+        h = self._conv(conv, s_prev)
         pooled, idx = self._pool(i, h)
         top_down = None
         if down:
@@ -375,10 +401,10 @@ class VF_CNN(EnergyNet):
     def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
                       up: bool = True, down: bool = True):
         conv, fb = self.synapses[i], self.feedback[i]
-        pooled = self._pool(i, conv(s_prev))[0] if up else None
+        pooled = self._pool(i, self._conv(conv, s_prev))[0] if up else None
         top_down = None
         if down:
-            h_b = fb(s_prev)
+            h_b = self._conv(fb, s_prev)
             _, idx = self._pool(i, h_b)
             top_down = self._conv_t(self._unpool(i, s_i, idx, h_b.shape), fb, s_prev.shape[-2:])
         return pooled, top_down

@@ -1,0 +1,240 @@
+"""Winograd minimal-filtering convolutions for the relaxation steps on CPU.
+
+A stride-1 convolution with an r x r kernel, computed on m x m output tiles F(m x m, r x r),
+needs n^2 = (m + r - 1)^2 multiplies per tile and channel pair instead of m^2 r^2: F(4x4, 3x3)
+does a quarter of the multiply-adds of the direct convolution, in one batched matrix product per
+tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile transforms are
+Kronecker products of the 1-D ones, applied as single matrix products.
+
+The transposed convolution (the top-down term of EP) is the exact adjoint of the same computation:
+non-overlapping output tiles go through the transposed transforms and the transposed channel
+matrices, and the n x n input tiles are added back where they overlap. So one transformed weight
+serves both directions.
+
+In exact arithmetic the results equal the direct convolution; in float32 they differ by a few
+units in the 6th digit (tests/test_winograd.py). The matrices come from the Toom-Cook
+construction with interpolation points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity: A^T and G
+evaluate polynomials at the points, B^T is the inverse of the Vandermonde matrix they span.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def winograd_matrices(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A^T (m x n), G (n x r), B^T (n x n)) in float64 for the 1-D correlation
+    y_i = sum_k g_k d_{i+k}, i < m, as y = A^T [(G g) * (B^T d)], with n = m + r - 1."""
+    n = m + r - 1
+    if n - 1 > len(_POINTS):
+        raise ValueError(f"F({m}, {r}) needs {n - 1} interpolation points; at most "
+                         f"{len(_POINTS)} are available")
+    pts = torch.tensor(_POINTS[: n - 1], dtype=torch.float64)
+
+    def evaluation(rows: int) -> torch.Tensor:
+        # Row j: point j's powers 0 .. rows-1; the last row is the point at infinity, which
+        # picks the leading coefficient.
+        v = pts[:, None] ** torch.arange(rows, dtype=torch.float64)
+        inf = torch.zeros(1, rows, dtype=torch.float64)
+        inf[0, -1] = 1.0
+        return torch.cat([v, inf])
+
+    at = evaluation(m).T.contiguous()
+    g = evaluation(r)
+    bt = torch.linalg.inv(evaluation(n).T)
+    return at, g, bt
+
+
+def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """The weight (C_out, C_in, r, r) in the tile frequency domain, (n*n, C_in, C_out)."""
+    c_out, c_in, r, _ = weight.shape
+    g = winograd_matrices(m, r)[1]
+    u = torch.einsum("ak,oikl,bl->abio", g, weight.detach().double(), g)
+    return u.reshape(-1, c_in, c_out).to(weight.dtype).contiguous()
+
+
+class Workspace:
+    """Three flat tile buffers, grown on demand and shared by the plans of one network (they run
+    one at a time). Allocating them afresh at every step would cost page faults comparable to
+    the arithmetic at these sizes."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, k: int, shape, dtype, device) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self._bufs.get((k, dtype, device))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._bufs[(k, dtype, device)] = buf
+        return buf[:numel].view(*shape)
+
+
+class WinogradPlan:
+    """One stride-1 convolution shape: batch, channels, input size, padding, tile size m.
+
+    ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u)`` is
+    ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where ``u = transform_weight(w, m)``;
+    x, g and the results are channels-last. Tiles are laid out tile-major, (tiles, n*n, C): the
+    transforms are then small dense products that stay in cache, and the per-frequency channel
+    products read them with a stride.
+    """
+
+    def __init__(self, m: int, r: int, batch: int, c_in: int, c_out: int, in_hw, padding: int,
+                 dtype: torch.dtype, device, workspace: Workspace | None = None) -> None:
+        n = m + r - 1
+        if r - 1 > m:
+            raise ValueError(f"F({m}, {r}): the adjoint's overlap-add needs m >= r - 1")
+        self.m, self.r, self.n, self.p = m, r, n, padding
+        self.batch, self.c_in, self.c_out = batch, c_in, c_out
+        self.in_hw = tuple(in_hw)
+        self.out_hw = tuple(s + 2 * padding - r + 1 for s in self.in_hw)
+        self.tiles = tuple(-(-s // m) for s in self.out_hw)
+        th, tw = self.tiles
+        at, _, bt = winograd_matrices(m, r)
+        kw = dict(dtype=dtype, device=device)
+        self.kb = torch.kron(bt, bt).to(**kw)  # (n^2, n^2): input tile transform
+        self.ka = torch.kron(at, at).to(**kw)  # (m^2, n^2): output tile transform
+        self.kb_t, self.ka_t = self.kb.T.contiguous(), self.ka.T.contiguous()
+        self.n_tiles = batch * th * tw
+        # The padded input covers every tile; the border stays zero.
+        self.padded = torch.zeros(batch, th * m + r - 1, tw * m + r - 1, c_in, **kw)
+        self.workspace = Workspace() if workspace is None else workspace
+
+    def _buf(self, k: int, *shape: int) -> torch.Tensor:
+        return self.workspace.get(k, shape, self.padded.dtype, self.padded.device)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        m, n, p = self.m, self.n, self.p
+        (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
+        b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
+        self.padded[:, p:p + h, p:p + w].copy_(x.permute(0, 2, 3, 1))
+        windows = self.padded.unfold(1, n, m).unfold(2, n, m)  # (b, th, tw, ci, n, n)
+        d, v = self._buf(0, t, n * n, ci), self._buf(1, t, n * n, ci)
+        d.view(b, th, tw, n, n, ci).copy_(windows.permute(0, 1, 2, 4, 5, 3))
+        torch.matmul(self.kb, d, out=v)
+        prod = self._buf(2, n * n, t, co)
+        torch.bmm(v.transpose(0, 1), u, out=prod)
+        y = self._buf(0, t, m * m, co)
+        torch.matmul(self.ka, prod.transpose(0, 1), out=y)
+        tiles = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
+        out = x.new_empty(b, ho, wo, co)
+        if (th * m, tw * m) == (ho, wo):
+            out.view(b, th, m, tw, m, co).copy_(tiles)
+        else:
+            out.copy_(tiles.reshape(b, th * m, tw * m, co)[:, :ho, :wo])
+        return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+
+    def adjoint(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        m, n, p = self.m, self.n, self.p
+        (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
+        b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
+        if tuple(g.shape[-2:]) != (ho, wo):
+            raise ValueError(f"the adjoint takes ({ho}, {wo}) maps, got {tuple(g.shape[-2:])}")
+        y = self._buf(0, t, m * m, co)
+        grid = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
+        g_nhwc = g.permute(0, 2, 3, 1)
+        if (th * m, tw * m) == (ho, wo):
+            grid.copy_(g_nhwc.reshape(b, th, m, tw, m, co))
+        else:  # the tiles overhanging the output get zeros
+            full = g.new_zeros(b, th * m, tw * m, co)
+            full[:, :ho, :wo] = g_nhwc
+            grid.copy_(full.view(b, th, m, tw, m, co))
+        prod = self._buf(1, t, n * n, co)
+        torch.matmul(self.ka_t, y, out=prod)
+        v = self._buf(2, n * n, t, ci)
+        torch.bmm(prod.transpose(0, 1), u.transpose(1, 2), out=v)
+        d = self._buf(0, t, n * n, ci)
+        torch.matmul(self.kb_t, v.transpose(0, 1), out=d)
+        # Overlap-add the n x n input tiles (n <= 2m: each spans at most two tile rows/columns).
+        z = d.view(b, th, tw, n, n, ci)
+        acc = g.new_zeros(b, (th + 1) * m, (tw + 1) * m, ci)
+        for bi in range(0, n, m):
+            for bj in range(0, n, m):
+                mi, mj = min(m, n - bi), min(m, n - bj)
+                block = acc[:, bi:bi + th * m, bj:bj + tw * m].view(b, th, m, tw, m, ci)
+                block[:, :, :mi, :, :mj].add_(
+                    z[:, :, :, bi:bi + mi, bj:bj + mj].permute(0, 1, 3, 2, 4, 5))
+        # acc spans (th + 1) m >= h + p rows since m >= r - 1: the crop is inside it.
+        out = acc[:, p:p + h, p:p + w].contiguous()
+        return out.permute(0, 3, 1, 2)
+
+
+# Smallest channel count (min of in and out) from which F(4x4, r x r) beat oneDNN's direct
+# convolution in both directions on the 2-core AMD EPYC of docs/performance.md: below it the
+# tile transforms, not the channel products, dominate.
+MIN_CHANNELS = {3: 128, 5: 32}
+TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
+
+
+def eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `conv` applied to x (and its adjoint) takes the Winograd path: on CPU, in float32
+    or float64 outside autocast and autograd (the relaxation steps), stride 1, square kernel of
+    a size in MIN_CHANNELS, wide enough to pay for the transforms."""
+    r = conv.kernel_size[0]
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and conv.kernel_size == (r, r)
+        and r in MIN_CHANNELS
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS[r]
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and isinstance(conv.padding, tuple)
+        and conv.padding[0] == conv.padding[1]
+        and conv.padding_mode == "zeros"
+    )
+
+
+class WinogradConvs:
+    """The plans (one per convolution and input shape) and transformed weights of a network.
+
+    The transformed weight is kept with the weight's version counter, so an optimizer step (an
+    in-place update) or loading a state dict makes it recompute on the next call.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, WinogradPlan] = {}
+        self._workspace = Workspace()
+        self._weights: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+    def _plan(self, conv: torch.nn.Conv2d, batch: int, in_hw, dtype, device) -> WinogradPlan:
+        key = (id(conv), batch, tuple(in_hw), dtype, device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = WinogradPlan(TILE, conv.kernel_size[0], batch, conv.in_channels,
+                                conv.out_channels, in_hw, conv.padding[0], dtype, device,
+                                self._workspace)
+            self._plans[key] = plan
+        return plan
+
+    def _weight(self, conv: torch.nn.Conv2d) -> torch.Tensor:
+        w = conv.weight
+        stamp = (w._version, w.data_ptr(), w.dtype, w.device)
+        cached = self._weights.get(id(conv))
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, transform_weight(w, TILE))
+            self._weights[id(conv)] = cached
+        return cached[1]
+
+    def forward(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """conv(x), bias included."""
+        plan = self._plan(conv, x.shape[0], x.shape[-2:], x.dtype, x.device)
+        out = plan.forward(x, self._weight(conv))
+        return out if conv.bias is None else out.add_(conv.bias.view(1, -1, 1, 1))
+
+    def adjoint(self, conv: torch.nn.Conv2d, g: torch.Tensor, out_hw) -> torch.Tensor:
+        """The transposed convolution of g with conv's weight (no bias): the input gradient of
+        conv for an input of spatial size out_hw."""
+        plan = self._plan(conv, g.shape[0], out_hw, g.dtype, g.device)
+        return plan.adjoint(g, self._weight(conv))

@@ -1,0 +1,129 @@
+"""Winograd convolutions against the direct ones (F.conv2d / F.conv_transpose2d) and a naive loop."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eplcanet.energy.dynamics import relax
+from eplcanet.energy.networks import P_CNN
+from eplcanet.energy.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
+                                      winograd_matrices)
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("m,r", [(2, 3), (4, 3), (4, 5), (2, 2)])
+def test_matrices_compute_the_1d_correlation(m, r):
+    at, g, bt = winograd_matrices(m, r)
+    torch.manual_seed(0)
+    d, w = torch.randn(m + r - 1, dtype=torch.float64), torch.randn(r, dtype=torch.float64)
+    naive = torch.stack([sum(w[k] * d[i + k] for k in range(r)) for i in range(m)])
+    torch.testing.assert_close(at @ ((g @ w) * (bt @ d)), naive, rtol=1e-12, atol=1e-12)
+
+
+# (batch, c_in, c_out, size, kernel, padding): tiles that fit exactly, tiles overhanging the
+# output (cropped), padding 0 / 1 / 2, rectangular inputs.
+SHAPES = [
+    (3, 4, 5, (8, 8), 3, 1),
+    (2, 3, 6, (11, 9), 3, 0),
+    (2, 5, 4, (7, 10), 3, 2),
+    (3, 4, 3, (12, 12), 5, 0),
+    (2, 3, 4, (9, 6), 5, 2),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_adjoint_equal_the_direct_convolutions(shape):
+    b, ci, co, hw, r, p = shape
+    torch.manual_seed(1)
+    x = _cl(torch.randn(b, ci, *hw, dtype=torch.float64))
+    w = torch.randn(co, ci, r, r, dtype=torch.float64)
+    plan = WinogradPlan(4, r, b, ci, co, hw, p, torch.float64, "cpu")
+    u = transform_weight(w, 4)
+    out = plan.forward(x, u)
+    ref = F.conv2d(x, w, padding=p)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+    g = _cl(torch.randn_like(ref))
+    back = plan.adjoint(g, u)
+    torch.testing.assert_close(back, F.conv_transpose2d(g, w, padding=p), rtol=1e-10, atol=1e-10)
+    # The adjoint identity <conv(x), g> = <x, conv^T(g)> holds whatever the tiling.
+    torch.testing.assert_close((ref * g).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
+
+
+def test_adjoint_rejects_maps_of_another_size():
+    plan = WinogradPlan(4, 3, 2, 3, 4, (7, 7), 1, torch.float64, "cpu")
+    with pytest.raises(ValueError, match=r"takes \(7, 7\) maps"):
+        plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 3, 4))
+
+
+def test_float32_error_is_rounding_sized():
+    torch.manual_seed(3)
+    x = _cl(torch.rand(4, 32, 12, 12))
+    w = torch.randn(64, 32, 5, 5) / 40
+    plan = WinogradPlan(4, 5, 4, 32, 64, (12, 12), 0, torch.float32, "cpu")
+    out = plan.forward(x, transform_weight(w, 4))
+    ref = F.conv2d(x.double(), w.double())
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def _wide_conv(c_in=128, c_out=128):
+    return torch.nn.Conv2d(c_in, c_out, 3, padding=1).to(memory_format=torch.channels_last)
+
+
+def test_eligibility():
+    conv, x = _wide_conv(), _cl(torch.rand(2, 128, 8, 8))
+    with torch.no_grad():
+        assert eligible(conv, x)
+        assert not eligible(_wide_conv(32, 64), _cl(torch.rand(2, 32, 8, 8)))  # too narrow
+        assert not eligible(torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), x)
+        assert not eligible(conv, x.to(torch.bfloat16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not eligible(conv, x)
+    assert not eligible(conv, x)  # autograd on: BPTT differentiates the direct convolution
+
+
+def test_cache_follows_in_place_weight_updates_and_shares_its_workspace():
+    torch.manual_seed(4)
+    convs = WinogradConvs()
+    a, b = _wide_conv(), _wide_conv()
+    xa, xb = _cl(torch.rand(2, 128, 8, 8)), _cl(torch.rand(3, 128, 4, 4))
+    with torch.no_grad():
+        for _ in range(2):  # alternating plans reuse the same tile buffers
+            torch.testing.assert_close(convs.forward(a, xa), a(xa), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(convs.forward(b, xb), b(xb), rtol=1e-4, atol=1e-4)
+        a.weight.mul_(-2.0)  # what an optimizer step does
+        torch.testing.assert_close(convs.forward(a, xa), a(xa), rtol=1e-4, atol=1e-4)
+
+
+def _wide_net():
+    return P_CNN((8, 8, 8), [128, 128], [3, 3], [1, 1], [1, 1], "mm", [10],
+                 act="my_hard_sig", softmax=True, loss="cel").double()
+
+
+def test_network_relaxation_is_the_same_with_and_without_winograd():
+    torch.manual_seed(5)
+    net = _wide_net()
+    direct = copy.deepcopy(net)
+    direct.conv_algo = "direct"
+    x, y = torch.rand(4, 8, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        assert eligible(net.synapses[1], net.init_states(4)[0])
+        drive = net.input_drive(x)
+        states = relax(net, drive, net.init_states(4), 3)
+        for beta in (0.0, torch.tensor([0.5, -0.5, 0.5, -0.5], dtype=torch.float64)):
+            fast = net.phi_grad_states(drive, states, beta, y)
+            ref = direct.phi_grad_states(drive, states, beta, y)
+            for a, b in zip(fast, ref):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_conv_algo_is_validated():
+    net = _wide_net()
+    with pytest.raises(ValueError, match="accepted: auto, direct"):
+        net.conv_algo = "fft"
