@@ -4,10 +4,17 @@ One EP minibatch = free phase (T1 steps) + two nudged phases (+beta, -beta; T2 s
 the parameter update. The reference relaxes as reference EP code does: at every step it builds
 Phi on NCHW tensors (input drive included) and takes its gradient with autograd. Ours uses the
 closed-form dPhi/ds on channels-last tensors, with the input drive computed once per minibatch
-and the two nudged phases run as one batch. Both give the same parameter gradients, checked
-before timing in float64 (to 1e-7); with --precision bf16 (autocast: the convolutions run in
-bfloat16, the states and the update in fp32) the notes give the cosine similarity of the whole
-gradient with the fp32 reference.
+and the two nudged phases run as one batch, and convolves the wide layers with Winograd
+F(4x4, r x r) (--conv-algo auto, the default; the Winograd rows time it against our own step
+with the direct convolutions). With direct convolutions ours gives the reference's parameter
+gradients, checked before timing in float64 (to 1e-7). Winograd rounds differently at each
+position of a tile, so where the direct convolution gives exactly equal values in a max-pooling
+window (spatially constant states: the first steps from zero) it picks another maximum: an
+equally valid subgradient, which moves the trajectory; the notes give the cosine similarity of
+the fp32 minibatch gradient with the reference's. With --precision bf16 (autocast: the convolutions run directly in bfloat16,
+the states and the update in fp32) the notes give the cosine similarity of the whole gradient
+with the fp32 reference. GFLOP/s count the direct convolutions' arithmetic: with Winograd, which
+does fewer multiply-adds, they are an effective throughput and can exceed the measured roof.
 
 The alternate rows time one step of the optional --updates alternate order (even layers, then odd
 layers) against our synchronous step: dearer per step, it needs about half the steps.
@@ -39,6 +46,7 @@ from eplcanet.energy.dynamics import relax, relax_autograd
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads
 from eplcanet.energy.networks import P_CNN, EnergyNet
+from eplcanet.energy.winograd import eligible
 from eplcanet.experiment import build_model, build_optimizer, phases_of
 from eplcanet.lca_experiment import build_lca_cnn
 from eplcanet.train import precision_context, train_epoch
@@ -114,6 +122,14 @@ def minibatch_flops(net: EnergyNet, batch: int, phases: Phases) -> float:
     return phases.T1 * step_flops(net, batch) + nudged + forward + 2 * 2 * forward
 
 
+def _winograd_layers(net: EnergyNet, states) -> str:
+    """Which conv synapses above the input take the Winograd path in a relaxation step."""
+    with torch.no_grad():
+        used = [f"{net.synapses[i].in_channels}->{net.synapses[i].out_channels}"
+                for i in range(1, net.n_conv) if eligible(net.synapses[i], states[i - 1])]
+    return " ".join(used) or "none"
+
+
 def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     fa = torch.cat([t.flatten().double() for t in a])
     fb = torch.cat([t.flatten().double() for t in b])
@@ -149,9 +165,13 @@ def minibatch_rows(quick: bool) -> list[Row]:
             with precision_context("bf16", "cpu"):
                 ep_grads(net, x, y, phases)
 
-        check_same_grads(net, ref, x, y, phases)
+        direct = copy.deepcopy(net)
+        direct.conv_algo = "direct"
+        check_same_grads(direct, ref, x, y, phases)
         reference_ep(ref, x, y, phases)
         ref_g = _grads(ref)
+        ep_grads(net, x, y, phases)
+        cos_fp32 = _cosine(_grads(net), ref_g)
         ours_bf16()
         cos = _cosine(_grads(net), ref_g)
 
@@ -161,10 +181,12 @@ def minibatch_rows(quick: bool) -> list[Row]:
         t_bf16 = time_fn(ours_bf16, repeat=2 if quick else 3)
         flops = minibatch_flops(net, batch, phases)
         rows.append(Row(name=f"EP minibatch, {name}, batch {batch}", unit=unit, ours_s=t_ours,
-                        ref_s=t_ref, ref_name="autograd of Phi per step, fp32", flops=flops))
+                        ref_s=t_ref, ref_name="autograd of Phi per step, fp32", flops=flops,
+                        extra={"gradient cosine vs reference": f"{cos_fp32:.4f}"}))
         rows.append(Row(name=f"EP minibatch, {name}, batch {batch}, --precision bf16", unit=unit,
                         ours_s=t_bf16, ref_s=t_ref, ref_name="autograd of Phi per step, fp32",
-                        flops=flops, precision="bf16", extra={"gradient cosine vs fp32 reference": f"{cos:.4f}"}))
+                        flops=flops, precision="bf16",
+                        extra={"gradient cosine vs fp32 reference": f"{cos:.4f}"}))
     return rows
 
 
@@ -177,6 +199,8 @@ def step_rows(quick: bool) -> list[Row]:
         net = build(in_shape, channels, kernel, padding)
         ref = reference_net(net)
         x = torch.rand(batch, *in_shape)
+        direct = copy.deepcopy(net)
+        direct.conv_algo = "direct"
         with torch.no_grad():
             drive = net.input_drive(x)
             states = relax(net, drive, net.init_states(batch), 3)
@@ -184,6 +208,9 @@ def step_rows(quick: bool) -> list[Row]:
             t_ours, t_ref = time_pair(lambda: relax(net, drive, states, steps),
                                       lambda: relax_autograd(ref, x.contiguous(), nchw, steps),
                                       repeat=3 if quick else 5)
+            t_fast, t_direct = time_pair(lambda: relax(net, drive, states, steps),
+                                         lambda: relax(direct, drive, states, steps),
+                                         repeat=3 if quick else 5)
             alternate = copy.deepcopy(net)
             alternate.update_order = "alternate"
             t_alt, t_sync = time_pair(lambda: relax(alternate, drive, states, steps),
@@ -192,6 +219,11 @@ def step_rows(quick: bool) -> list[Row]:
         rows.append(Row(name=f"EP relaxation step, {name}, batch {batch}", unit="free step",
                         ours_s=t_ours / steps, ref_s=t_ref / steps,
                         ref_name="autograd of Phi per step", flops=step_flops(net, batch)))
+        rows.append(Row(name=f"EP relaxation step, Winograd vs direct convolutions, {name}, "
+                             f"batch {batch}", unit="free step", ours_s=t_fast / steps,
+                        ref_s=t_direct / steps, ref_name="our step, --conv-algo direct",
+                        flops=step_flops(net, batch),
+                        extra={"Winograd layers": _winograd_layers(net, states)}))
         rows.append(Row(name=f"EP relaxation step, --updates alternate, {name}, batch {batch}",
                         unit="free step", ours_s=t_alt / steps, ref_s=t_sync / steps,
                         ref_name="our sync step",

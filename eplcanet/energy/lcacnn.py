@@ -237,6 +237,11 @@ class LCA_CNN(EnergyNet):
         s0 = states[0]
         return (a * s0).flatten(1).sum(1) + super().phi(s0, states[1:], beta, y)
 
+    def _synapse_grad_diffs(self, in_a, in_b, sa, sb, beta_a, beta_b, y) -> dict:
+        # The copy layer s_0 feeds synapse 0; <a, s_0> holds no trained parameter (the
+        # dictionary learns by the Hebbian rule).
+        return super()._synapse_grad_diffs(sa[0], sb[0], sa[1:], sb[1:], beta_a, beta_b, y)
+
     def phi_grad_states(
         self,
         drive: Tensor,

@@ -267,18 +267,22 @@ class EnergyNet(nn.Module):
         p = F.softmax(out, dim=1) if self.softmax else out
         return 0.5 * (p - F.one_hot(y, self.n_classes).to(p.dtype)).pow(2).sum(1)
 
-    def _loss_grad(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """dL/ds_{L-1} per sample in closed form, shaped like the last state."""
+    def _output_grad(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """dL/d(output) per sample in closed form: with respect to the logits of the softmax
+        readout, or to the last state."""
         out = self.output(states)
         target = F.one_hot(y, self.n_classes).to(out.dtype)
         if self.loss == "cel":
-            g = F.softmax(out, dim=1) - target
-        elif self.softmax:
+            return F.softmax(out, dim=1) - target
+        if self.softmax:
             p = F.softmax(out, dim=1)
             e = p - target
-            g = p * (e - (p * e).sum(1, keepdim=True))  # softmax Jacobian applied to e
-        else:
-            return out - target
+            return p * (e - (p * e).sum(1, keepdim=True))  # softmax Jacobian applied to e
+        return out - target
+
+    def _loss_grad(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """dL/ds_{L-1} per sample in closed form, shaped like the last state."""
+        g = self._output_grad(states, y)
         if self.softmax:
             return (g @ self.synapses[-1].weight).view_as(states[-1])
         return g
@@ -341,6 +345,74 @@ class EnergyNet(nn.Module):
             downs[-1] = nudge if downs[-1] is None else downs[-1] + nudge
         return [None if i not in want else (u if d is None else u + d)
                 for i, (u, d) in enumerate(zip(ups, downs))]
+
+    # ----------------------------------------------------------------------------- update
+    def phi_param_grad_diff(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        states_a: list[torch.Tensor],
+        beta_a: float,
+        states_b: list[torch.Tensor],
+        beta_b: float,
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """dPhi/dtheta(x, s_b; beta_b) - dPhi/dtheta(x, s_a; beta_a), batch mean, per parameter
+        that Phi depends on, in closed form (no autograd graph).
+
+        Differences first: each synapse's term is bilinear in its input and output layers, so
+        the difference is written with the state differences s_b - s_a, which subtracting two
+        close floats gives exactly. Differentiating Phi at each state and subtracting the two
+        gradients instead (what autograd of Phi does) cancels all but a few digits in the lower
+        layers, where the nudge arrives weakest: in float32 the first layer's estimate of the
+        CIFAR-size CNN came out 37% off its float64 value that way (docs/performance.md).
+        """
+        sums = self._synapse_grad_diffs(x, x, states_a, states_b, beta_a, beta_b, y)
+        n = x.shape[0]
+        return {p: g / n for p, g in sums.items()}
+
+    def _synapse_grad_diffs(self, in_a, in_b, sa, sb, beta_a, beta_b, y) -> dict:
+        """Batch sums of the differences for every synapse; in_a and in_b feed synapse 0."""
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for i, syn in enumerate(self.synapses):
+            pa, pb = (in_a, in_b) if i == 0 else (sa[i - 1], sb[i - 1])
+            if i < self.n_conv:
+                self._conv_grad_diff(out, i, syn, pa, pb, sa[i], sb[i])
+            elif i < len(sa):
+                self._linear_grad_diff(out, syn, pa.flatten(1), pb.flatten(1), sa[i], sb[i])
+            else:  # the softmax readout: Phi holds it only through -beta * L
+                ga = -beta_a * self._output_grad(sa, y)
+                gb = -beta_b * self._output_grad(sb, y)
+                pa, pb = pa.flatten(1), pb.flatten(1)
+                out[syn.weight] = torch.cat([gb, -ga]).T @ torch.cat([pb, pa])
+                out[syn.bias] = (gb - ga).sum(0)
+        return out
+
+    def _conv_grad_diff(self, out: dict, i: int, conv: nn.Conv2d, pa, pb, sa, sb) -> None:
+        """<Pool(conv(p)), s>: gradient corr(p, Unpool(s)) (max-pool indices of conv(p)), so the
+        difference is corr(p_b - p_a, U_b(s_b)) + corr(p_a, U_b(s_b) - U_a(s_a))."""
+        ha = self._conv(conv, pa)
+        _, idx_a = self._pool(i, ha)
+        ua = self._unpool(i, sa, idx_a, ha.shape)
+        same_input = pa is pb
+        if same_input:
+            ub = self._unpool(i, sb, idx_a, ha.shape)
+        else:
+            hb = self._conv(conv, pb)
+            ub = self._unpool(i, sb, self._pool(i, hb)[1], hb.shape)
+        du = ub - ua
+        inp, grad = (pa, du) if same_input else (torch.cat([pb - pa, pa]), torch.cat([ub, du]))
+        out[conv.weight] = torch.nn.grad.conv2d_weight(
+            inp, conv.weight.shape, grad, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if conv.bias is not None:
+            out[conv.bias] = du.sum((0, 2, 3))
+
+    @staticmethod
+    def _linear_grad_diff(out: dict, lin: nn.Linear, pa, pb, sa, sb) -> None:
+        """<W p + b, s>: gradient s^T p, so the difference is (s_b - s_a)^T p_b + s_a^T (p_b - p_a)."""
+        ds = sb - sa
+        out[lin.weight] = torch.cat([ds, sa]).T @ torch.cat([pb, pb - pa])
+        if lin.bias is not None:
+            out[lin.bias] = ds.sum(0)
 
     def predict(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Predicted class per sample, (batch,)."""
@@ -422,6 +494,17 @@ class VF_CNN(EnergyNet):
                 drive = fb(s_prev.flatten(1))
             total = total + (drive * states[i]).flatten(1).sum(1)
         return total
+
+    def _synapse_grad_diffs(self, in_a, in_b, sa, sb, beta_a, beta_b, y) -> dict:
+        out = super()._synapse_grad_diffs(in_a, in_b, sa, sb, beta_a, beta_b, y)
+        for i in range(1, len(sa)):  # the feedback terms <Pool(B_i * s_{i-1}), s_i>
+            fb = self.feedback[i]
+            if i < self.n_conv:
+                self._conv_grad_diff(out, i, fb, sa[i - 1], sb[i - 1], sa[i], sb[i])
+            else:
+                self._linear_grad_diff(out, fb, sa[i - 1].flatten(1), sb[i - 1].flatten(1),
+                                       sa[i], sb[i])
+        return out
 
     def synapse_groups(self) -> list[list[nn.Parameter]]:
         groups = super().synapse_groups()
