@@ -146,7 +146,8 @@ class WinogradPlan:
             return view
         return self._buf(3, *view.shape).copy_(view)
 
-    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
+        """conv(x) without bias; out: a (batch, H_out, W_out, C_out) tensor to write it to."""
         m, n, p = self.m, self.n, self.p
         (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
         b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
@@ -159,14 +160,15 @@ class WinogradPlan:
         torch.bmm(v.transpose(0, 1), u, out=prod)
         y = self.ta(self._tile_major(prod), self._buf(0, t, m * m, co), self._buf(1, t, m, n * co))
         tiles = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
-        out = x.new_empty(b, ho, wo, co)
+        out = x.new_empty(b, ho, wo, co) if out is None else out
         if (th * m, tw * m) == (ho, wo):
             out.view(b, th, m, tw, m, co).copy_(tiles)
         else:
             out.copy_(tiles.reshape(b, th * m, tw * m, co)[:, :ho, :wo])
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
-    def adjoint(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def adjoint(self, g: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
+        """The transposed convolution of g; out: a (batch, H, W, C_in) tensor to write it to."""
         m, n, p = self.m, self.n, self.p
         (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
         b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
@@ -195,7 +197,8 @@ class WinogradPlan:
                 block[:, :, :mi, :, :mj].add_(
                     z[:, :, :, bi:bi + mi, bj:bj + mj].permute(0, 1, 3, 2, 4, 5))
         # acc spans (th + 1) m >= h + p rows since m >= r - 1: the crop is inside it.
-        out = acc[:, p:p + h, p:p + w].contiguous()
+        crop = acc[:, p:p + h, p:p + w]
+        out = crop.contiguous() if out is None else out.copy_(crop)
         return out.permute(0, 3, 1, 2)
 
 
@@ -204,6 +207,7 @@ class WinogradPlan:
 # tile transforms, not the channel products, dominate.
 MIN_CHANNELS = {3: 128, 5: 32}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
+CHUNK_BYTES = 4 << 20
 
 
 def eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
@@ -259,14 +263,37 @@ class WinogradConvs:
             self._weights[id(conv)] = cached
         return cached[1]
 
+    def _chunks(self, conv: torch.nn.Conv2d, batch: int, in_hw, u: torch.Tensor):
+        """Batch slices small enough that a slice's tiles stay in cache: at most CHUNK_BYTES of
+        tiles per buffer, or the transformed weight's size when that is larger (each slice
+        reads the whole weight once, so smaller slices stop paying there)."""
+        r, p = conv.kernel_size[0], conv.padding[0]
+        tiles = math.prod(-(-(s + 2 * p - r + 1) // TILE) for s in in_hw)
+        per_sample = tiles * (TILE + r - 1) ** 2 * max(conv.in_channels, conv.out_channels)
+        size = max(1, max(CHUNK_BYTES, u.numel() * u.element_size())
+                   // (per_sample * u.element_size()))
+        return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
+
     def forward(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         """conv(x), bias included."""
-        plan = self._plan(conv, x.shape[0], x.shape[-2:], x.dtype, x.device)
-        out = plan.forward(x, self._weight(conv))
-        return out if conv.bias is None else out.add_(conv.bias.view(1, -1, 1, 1))
+        u = self._weight(conv)
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        r, p = conv.kernel_size[0], conv.padding[0]
+        out = x.new_empty(b, h + 2 * p - r + 1, w + 2 * p - r + 1, conv.out_channels)
+        for part in self._chunks(conv, b, (h, w), u):
+            xs = x[part]
+            self._plan(conv, xs.shape[0], (h, w), x.dtype, x.device).forward(xs, u, out[part])
+        if conv.bias is not None:
+            out.add_(conv.bias)
+        return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def adjoint(self, conv: torch.nn.Conv2d, g: torch.Tensor, out_hw) -> torch.Tensor:
         """The transposed convolution of g with conv's weight (no bias): the input gradient of
         conv for an input of spatial size out_hw."""
-        plan = self._plan(conv, g.shape[0], out_hw, g.dtype, g.device)
-        return plan.adjoint(g, self._weight(conv))
+        u = self._weight(conv)
+        b = g.shape[0]
+        out = g.new_empty(b, *out_hw, conv.in_channels)
+        for part in self._chunks(conv, b, out_hw, u):
+            gs = g[part]
+            self._plan(conv, gs.shape[0], out_hw, g.dtype, g.device).adjoint(gs, u, out[part])
+        return out.permute(0, 3, 1, 2)
