@@ -4,7 +4,9 @@ One EP minibatch = free phase (T1 steps) + two nudged phases (+beta, -beta; T2 s
 the parameter update. The reference relaxes as reference EP code does: at every step it builds
 Phi on NCHW tensors (input drive included) and takes its gradient with autograd. Ours uses the
 closed-form dPhi/ds on channels-last tensors, with the input drive computed once per minibatch
-and the two nudged phases run as one batch, and convolves the wide layers with Winograd
+and the two nudged phases run as one batch, computes the update in closed form (state
+differences first; the reference differentiates Phi at both equilibria by autograd and
+subtracts), and convolves the wide layers with Winograd
 F(4x4, r x r) (--conv-algo auto, the default; the Winograd rows time it against our own step
 with the direct convolutions). With direct convolutions ours gives the reference's parameter
 gradients, checked before timing in float64 (to 1e-7). Winograd rounds differently at each
@@ -44,7 +46,7 @@ from eplcanet.cli import parse_args
 from eplcanet.data import load_task, make_loader
 from eplcanet.energy.dynamics import relax, relax_autograd
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
-from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads
+from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads_autograd
 from eplcanet.energy.networks import P_CNN, EnergyNet
 from eplcanet.energy.winograd import eligible
 from eplcanet.experiment import build_model, build_optimizer, phases_of
@@ -83,7 +85,7 @@ def reference_ep(net: EnergyNet, x, y, phases: Phases) -> None:
     free = relax_autograd(net, x, nchw, phases.T1, b1, y)
     plus = relax_autograd(net, x, free, phases.T2, b2, y)
     minus = relax_autograd(net, x, free, phases.T2, -b2, y)
-    for p, g in zip(net.parameters(), phi_param_grads(net, x, y, minus, -b2, plus, b2)):
+    for p, g in zip(net.parameters(), phi_param_grads_autograd(net, x, y, minus, -b2, plus, b2)):
         p.grad = g
 
 

@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from eplcanet.energy.lcacnn import LCA_CNN
-from eplcanet.energy.learning import _params, phi_param_grads
+from eplcanet.energy.learning import phi_param_grads
+from eplcanet.energy.learning import phi_param_grads_autograd as autograd_update
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 from eplcanet.sparse import make_sparse_coder
 
 D = torch.float64
-
-
-def autograd_update(net, x, y, sa, beta_a, sb, beta_b):
-    """-(dPhi/dtheta(s_b) - dPhi/dtheta(s_a)) / (beta_b - beta_a) by autograd of Phi: the
-    formulation of reference EP code."""
-    with torch.enable_grad():
-        diff = net.phi(x, sa, beta_a, y).mean() - net.phi(x, sb, beta_b, y).mean()
-        return torch.autograd.grad(diff / (beta_b - beta_a), _params(net), allow_unused=True)
 
 
 def _cnn(pools="mm", softmax=True, loss="cel", cls=P_CNN, **kw):

@@ -127,3 +127,24 @@ def test_conv_algo_is_validated():
     net = _wide_net()
     with pytest.raises(ValueError, match="accepted: auto, direct"):
         net.conv_algo = "fft"
+
+
+def test_copies_and_pickles_of_a_network_start_with_empty_caches():
+    import pickle
+
+    torch.manual_seed(6)
+    net = _wide_net()
+    x = torch.rand(2, 8, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        relax(net, net.input_drive(x), net.init_states(2), 1)
+    assert net._winograd._plans
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert not other._winograd._plans
+        with torch.no_grad():
+            other.synapses[1].weight.mul_(0.5)  # its own weights, not the original's
+            s = other.init_states(2)
+            s[0] = torch.rand_like(s[0])
+            fast = other.phi_grad_states(other.input_drive(x), s)[0]
+            other.conv_algo = "direct"
+            ref = other.phi_grad_states(other.input_drive(x), s)[0]
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)

@@ -75,6 +75,25 @@ def phi_param_grads(
     return tuple(diff[p] * scale if p in diff else None for p in _params(net))
 
 
+def phi_param_grads_autograd(
+    net: EnergyNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    states_a: list[torch.Tensor],
+    beta_a: float,
+    states_b: list[torch.Tensor],
+    beta_b: float,
+) -> tuple[torch.Tensor | None, ...]:
+    """The same estimate by autograd of Phi at each equilibrium, then the difference: the plain
+    formulation of reference EP code, kept as the reference for tests and benchmarks (in float32
+    it loses the lower layers' digits, see ``EnergyNet.phi_param_grad_diff``)."""
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        sa = [s.detach() for s in states_a]
+        sb = [s.detach() for s in states_b]
+        diff = net.phi(x, sa, beta_a, y).mean() - net.phi(x, sb, beta_b, y).mean()
+        return torch.autograd.grad(diff / (beta_b - beta_a), _params(net), allow_unused=True)
+
+
 def free_phase(net: EnergyNet, x: torch.Tensor, steps: int, beta: float = 0.0, y=None):
     """(drive, states) after `steps` free steps from zero states, without an autograd graph."""
     with torch.no_grad():

@@ -240,9 +240,21 @@ class WinogradConvs:
     """
 
     def __init__(self) -> None:
+        # Keyed by id() of the network's own conv modules, which live as long as it does.
         self._plans: dict[tuple, WinogradPlan] = {}
         self._workspace = Workspace()
         self._weights: dict[int, tuple[tuple, torch.Tensor]] = {}
+
+    # A copied or unpickled network starts with empty caches: the entries are keyed by the
+    # original's modules, and are rebuilt on demand anyway.
+    def __deepcopy__(self, memo) -> WinogradConvs:
+        return WinogradConvs()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
     def _plan(self, conv: torch.nn.Conv2d, batch: int, in_hw, dtype, device) -> WinogradPlan:
         key = (id(conv), batch, tuple(in_hw), dtype, device)
