@@ -1,22 +1,23 @@
 """EP: closed-form dynamics against the autograd-of-Phi formulation.
 
 One EP minibatch = free phase (T1 steps) + two nudged phases (+beta, -beta; T2 steps each) +
-the parameter update. The reference relaxes as reference EP code does: at every step it builds
-Phi on NCHW tensors (input drive included) and takes its gradient with autograd. Ours uses the
-closed-form dPhi/ds on channels-last tensors, with the input drive computed once per minibatch
-and the two nudged phases run as one batch, computes the update in closed form (state
-differences first; the reference differentiates Phi at both equilibria by autograd and
-subtracts), and convolves the wide layers with Winograd
-F(4x4, r x r) (--conv-algo auto, the default; the Winograd rows time it against our own step
-with the direct convolutions). With direct convolutions ours gives the reference's parameter
-gradients, checked before timing in float64 (to 1e-7). Winograd rounds differently at each
-position of a tile, so where the direct convolution gives exactly equal values in a max-pooling
-window (spatially constant states: the first steps from zero) it picks another maximum: an
-equally valid subgradient, which moves the trajectory; the notes give the cosine similarity of
-the fp32 minibatch gradient with the reference's. With --precision bf16 (autocast: the convolutions run directly in bfloat16,
-the states and the update in fp32) the notes give the cosine similarity of the whole gradient
-with the fp32 reference. GFLOP/s count the direct convolutions' arithmetic: with Winograd, which
-does fewer multiply-adds, they are an effective throughput and can exceed the measured roof.
+the parameter update. The reference does what reference EP code does: at every step it builds
+Phi on NCHW tensors (input drive included) and takes its gradient with autograd; for the update
+it differentiates Phi at both equilibria by autograd and subtracts. Ours uses the closed-form
+dPhi/ds on channels-last tensors, with the input drive computed once per minibatch and the two
+nudged phases run as one batch; the update in closed form, state differences first; and
+Winograd F(4x4, r x r) convolutions for the wide layers (--conv-algo auto, the default; the
+Winograd rows time it against our own step with direct convolutions).
+
+With direct convolutions ours gives the reference's parameter gradients, checked before timing
+in float64 (to 1e-7). Winograd rounds differently at each position of a tile, so where direct
+convolution gives exactly equal values in a max-pooling window (spatially constant states: the
+first steps from zero) it may pick another maximum, an equally valid subgradient that moves the
+trajectory; the notes give the cosine similarity of our fp32 minibatch gradient with the
+reference's. Under --precision bf16 (autocast: the convolutions run directly in bfloat16, the
+states and the update in fp32) they give it against the fp32 reference. GFLOP/s count the
+direct convolutions' arithmetic: with Winograd, which does fewer multiply-adds, they are an
+effective throughput and can exceed the measured roof.
 
 The alternate rows time one step of the optional --updates alternate order (even layers, then odd
 layers) against our synchronous step: dearer per step, it needs about half the steps.
@@ -229,7 +230,8 @@ def step_rows(quick: bool) -> list[Row]:
         rows.append(Row(name=f"EP relaxation step, --updates alternate, {name}, batch {batch}",
                         unit="free step", ours_s=t_alt / steps, ref_s=t_sync / steps,
                         ref_name="our sync step",
-                        extra={"note": "about half the steps to equilibrium (docs/performance.md)"}))
+                        extra={"note": "about half the steps to equilibrium "
+                                       "(docs/performance.md)"}))
     return rows
 
 

@@ -1,4 +1,5 @@
-"""Winograd convolutions against the direct ones (F.conv2d / F.conv_transpose2d) and a naive loop."""
+"""Winograd convolutions against the direct ones (F.conv2d, F.conv_transpose2d) and a naive
+loop."""
 
 import copy
 

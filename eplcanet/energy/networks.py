@@ -408,7 +408,8 @@ class EnergyNet(nn.Module):
 
     @staticmethod
     def _linear_grad_diff(out: dict, lin: nn.Linear, pa, pb, sa, sb) -> None:
-        """<W p + b, s>: gradient s^T p, so the difference is (s_b - s_a)^T p_b + s_a^T (p_b - p_a)."""
+        """<W p + b, s>: gradient s^T p, so the difference is
+        (s_b - s_a)^T p_b + s_a^T (p_b - p_a)."""
         ds = sb - sa
         out[lin.weight] = torch.cat([ds, sa]).T @ torch.cat([pb, pb - pa])
         if lin.bias is not None:
