@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="relaxation order: sync (every layer from the previous step) or alternate (even "
            "layers, then odd layers from the new even ones: equilibrium in about half the steps "
            "at 1.5x the cost of a step; changes the dynamics, so off by default)")
+    a("--warm-start", type=int, default=None, metavar="STEPS",
+      help="EP training: each minibatch's free phase starts from the states its samples reached "
+           "in their previous free phase (kept in float16, one set per training sample) and runs "
+           "STEPS steps instead of --T1; the first epoch starts from zero. Evaluation still "
+           "relaxes from zero for --T1 steps. Off by default: it changes the algorithm")
     a("--betas", type=float, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
     a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
     a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
@@ -166,6 +171,11 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
                          f"(T1={args.T1}, T2={args.T2})")
     if args.betas[0] == args.betas[1]:
         raise SystemExit(f"error: --betas must differ, got {args.betas}")
+    if args.warm_start is not None:
+        if args.warm_start < 1:
+            raise SystemExit(f"error: --warm-start must be >= 1 steps, got {args.warm_start}")
+        if args.alg != "EP":
+            raise SystemExit(f"error: --warm-start applies to --alg EP, not {args.alg}")
     if args.random_sign and args.thirdphase:
         raise SystemExit("error: --random-sign only changes one-sided EP: add --no-thirdphase")
     if args.task == "npz" and not args.data_path:

@@ -512,12 +512,28 @@ class SeededShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
+class WithIndex(Dataset):
+    """A dataset whose items also carry their index: (x, y, i). The training loader uses it for
+    --warm-start, which keeps each sample's last free equilibrium by index."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
+
+
 def _at_epoch(dataset: Dataset, seed: int, epoch: int) -> Dataset:
     """The dataset with its augmentation bound to (seed, epoch), looking through Subsets."""
     if isinstance(dataset, ImageDataset):
         return dataset.at_epoch(seed, epoch)
     if isinstance(dataset, Subset):
         return Subset(_at_epoch(dataset.dataset, seed, epoch), dataset.indices)
+    if isinstance(dataset, WithIndex):
+        return WithIndex(_at_epoch(dataset.dataset, seed, epoch))
     return dataset
 
 
@@ -539,7 +555,8 @@ def make_loader(
     DistributedSampler) decides the order instead, and shuffle is ignored; its set_epoch(epoch)
     is called when it has one.
 
-    Batches are (x (B, C, H, W) float32, y (B,) int64).
+    Batches are (x (B, C, H, W) float32, y (B,) int64), and the indices (B,) int64 with a
+    :class:`WithIndex` dataset.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from . import distributed, plots, runs
-from .data import load_task, make_loader
-from .energy.learning import Phases, gdu_metrics, gdu_traces
+from .data import WithIndex, load_task, make_loader
+from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
@@ -172,14 +172,23 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
         print(f"run directory: {run_dir}")
     val_loader = dist.eval_loader(splits.val, args.mbs)
     test_loader = dist.eval_loader(splits.test, args.mbs)
+    train_data, bank = splits.train, None
+    if args.warm_start is not None:
+        if dist.enabled:  # samples move between processes from epoch to epoch
+            raise SystemExit("error: --warm-start runs in a single process (its state bank is "
+                             "per sample, and torchrun moves samples between processes)")
+        train_data, bank = WithIndex(splits.train), StateBank(net, len(splits.train), device)
+        print(f"warm start: {args.warm_start} free steps from each sample's last equilibrium "
+              f"(state bank {bank.nbytes / 2**20:.0f} MiB on {device})")
     metrics: dict = {}
     for epoch in range(start_epoch + 1, args.epochs + 1):
         t0 = time.perf_counter()
         net.train()
-        loader = dist.train_loader(splits.train, args.mbs, seed=args.seed, epoch=epoch)
+        loader = dist.train_loader(train_data, args.mbs, seed=args.seed, epoch=epoch)
         stats, states = train_epoch(net, opt, loader, args.alg, phases, device,
                                     desc=f"epoch {epoch}/{args.epochs}", dist=dist,
-                                    precision=args.precision)
+                                    precision=args.precision, bank=bank,
+                                    warm_T1=args.warm_start)
         if sched is not None:
             sched.step()
         dist.check_in_sync(net, f"after epoch {epoch}")

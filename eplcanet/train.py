@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from .energy.dynamics import relax
-from .energy.learning import Phases, estimate_grads
+from .energy.learning import Phases, StateBank, estimate_grads
 from .energy.networks import EnergyNet
 
 if TYPE_CHECKING:
@@ -68,24 +69,35 @@ def train_epoch(
     desc: str = "train",
     dist: DistContext | None = None,
     precision: str = "fp32",
+    bank: StateBank | None = None,
+    warm_T1: int | None = None,
 ) -> tuple[dict, list[torch.Tensor]]:
     """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
 
     Returns ({"train_loss", "train_acc"} measured on the free equilibria, last free states).
     With ``dist`` (several processes, each with its part of every minibatch): the gradients are
     averaged over the global minibatch before each step, and the metrics are over all parts.
+    With ``bank`` (--warm-start; the loader then yields (x, y, index)): a minibatch whose samples
+    all have stored free equilibria starts its free phase there and runs warm_T1 steps instead
+    of T1; the new equilibria are stored.
     """
+    warm = dataclasses.replace(phases, T1=warm_T1) if bank is not None else phases
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     states: list[torch.Tensor] = []
     bar = tqdm(loader, desc=desc, leave=False,
                disable=True if dist is not None and not dist.is_main else None)
-    for it, (x, y) in enumerate(bar):
+    for it, (x, y, *index) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
+        init = None
+        if bank is not None:
+            init = bank.lookup(index[0], net.init_states(x.shape[0], device=x.device))
         with precision_context(precision, device):
-            states = estimate_grads(net, x, y, alg, phases)
+            states = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init)
+        if bank is not None:
+            bank.store(index[0], states)
         if dist is not None:
             dist.average_grads(net, y.shape[0])
         optimizer.step()

@@ -43,6 +43,8 @@ def _metrics(run_dir: Path) -> list[dict]:
         ("--random-sign", "--no-thirdphase"),
         ("--todo evaluate", "--load-path"),
         ("--same-update", "VFCNN"),
+        ("--warm-start 0", "--warm-start must be >= 1"),
+        ("--warm-start 3 --alg BPTT", "--warm-start applies to --alg EP"),
     ],
 )
 def test_inconsistent_flags_are_refused_with_a_message(flags, message, capsys):

@@ -94,12 +94,51 @@ def phi_param_grads_autograd(
         return torch.autograd.grad(diff / (beta_b - beta_a), _params(net), allow_unused=True)
 
 
-def free_phase(net: EnergyNet, x: torch.Tensor, steps: int, beta: float = 0.0, y=None):
-    """(drive, states) after `steps` free steps from zero states, without an autograd graph."""
+def free_phase(net: EnergyNet, x: torch.Tensor, steps: int, beta: float = 0.0, y=None,
+               init: list[torch.Tensor] | None = None):
+    """(drive, states) after `steps` free steps from `init` (default: zero states), without an
+    autograd graph."""
     with torch.no_grad():
         drive = net.input_drive(x)
-        states = relax(net, drive, net.init_states(x.shape[0]), steps, beta, y)
+        start = net.init_states(x.shape[0]) if init is None else init
+        states = relax(net, drive, start, steps, beta, y)
     return drive, states
+
+
+class StateBank:
+    """Every training sample's last free equilibrium, by dataset index (--warm-start).
+
+    Kept in float16 on `device`: the states only start a relaxation, for which half precision's
+    three digits are plenty, and the bank holds one set of states per training sample (60k
+    numbers per image for the CIFAR-size CNN; ``nbytes`` says how much in all).
+    """
+
+    def __init__(self, net: EnergyNet, n_samples: int, device, dtype=torch.float16) -> None:
+        self.layers = [torch.zeros(n_samples, *shape, dtype=dtype, device=device)
+                       for shape in net.state_shapes]
+        self.known = torch.zeros(n_samples, dtype=torch.bool, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.layers)
+
+    def lookup(self, idx: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The stored states of samples idx, shaped, typed and laid out like `like`; None unless
+        every one of them has been stored (one host sync per minibatch)."""
+        idx = idx.to(self.known.device)
+        if not bool(self.known[idx].all()):
+            return None
+        out = []
+        for bank, ref in zip(self.layers, like):
+            s = bank[idx].to(device=ref.device, dtype=ref.dtype)
+            out.append(s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s)
+        return out
+
+    def store(self, idx: torch.Tensor, states: list[torch.Tensor]) -> None:
+        idx = idx.to(self.known.device)
+        for bank, s in zip(self.layers, states):
+            bank[idx] = s.detach().to(device=bank.device, dtype=bank.dtype)
+        self.known[idx] = True
 
 
 def _relax_both_signs(net: EnergyNet, drive, states, steps: int, beta: float, y):
@@ -117,15 +156,18 @@ def ep_grads(
     y: torch.Tensor,
     phases: Phases,
     generator: torch.Generator | None = None,
+    init: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Run the EP phases on a minibatch, write the estimate to ``.grad``; return the free states.
+
+    The free phase runs T1 steps from `init` (default: zero states).
 
     One-sided: free equilibrium at beta1 vs nudged at beta2 (its sign drawn at random per minibatch
     with ``random_sign``). Symmetric (``thirdphase``): nudged at +beta2 vs nudged at -beta2, both
     started from the free equilibrium; this cancels the first-order bias of the estimate.
     """
     b1, b2 = phases.betas
-    drive, free = free_phase(net, x, phases.T1, b1, y)
+    drive, free = free_phase(net, x, phases.T1, b1, y, init)
     if phases.random_sign and b1 == 0.0:
         sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
         b2 = sign * b2
@@ -159,10 +201,13 @@ def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases)
     return [s.detach() for s in states]
 
 
-def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None):
-    """Dispatch on --alg; returns the free states (for the running accuracy)."""
+def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None, init=None):
+    """Dispatch on --alg; returns the free states (for the running accuracy). `init`: the free
+    phase's initial states (EP only; default zero states)."""
     if alg == "EP":
-        return ep_grads(net, x, y, phases, generator)
+        return ep_grads(net, x, y, phases, generator, init)
+    if init is not None:
+        raise ValueError(f"initial states (--warm-start) apply to EP, not {alg}")
     if alg == "BPTT":
         return bptt_grads(net, x, y, phases)
     raise ValueError(f"unknown algorithm {alg!r}; accepted: {', '.join(ALGORITHMS)}")
