@@ -49,15 +49,11 @@ def _write_grads(net: EnergyNet, grads) -> None:
             net.feedback[i].weight.grad = net.synapses[i].weight.grad.clone()
 
 
-def phi_param_grads(
-    net: EnergyNet,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    states_a: list[torch.Tensor],
-    beta_a: float,
-    states_b: list[torch.Tensor],
-    beta_b: float,
-) -> tuple[torch.Tensor | None, ...]:
+Grads = tuple[torch.Tensor | None, ...]
+
+
+def phi_param_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, states_a: list[torch.Tensor],
+                    beta_a: float, states_b: list[torch.Tensor], beta_b: float) -> Grads:
     """EP estimate of dLoss/dtheta from two equilibria at betas a and b (batch mean):
 
         -(dPhi/dtheta(s_b; beta_b) - dPhi/dtheta(s_a; beta_a)) / (beta_b - beta_a),
@@ -75,15 +71,9 @@ def phi_param_grads(
     return tuple(diff[p] * scale if p in diff else None for p in _params(net))
 
 
-def phi_param_grads_autograd(
-    net: EnergyNet,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    states_a: list[torch.Tensor],
-    beta_a: float,
-    states_b: list[torch.Tensor],
-    beta_b: float,
-) -> tuple[torch.Tensor | None, ...]:
+def phi_param_grads_autograd(net: EnergyNet, x: torch.Tensor, y: torch.Tensor,
+                             states_a: list[torch.Tensor], beta_a: float,
+                             states_b: list[torch.Tensor], beta_b: float) -> Grads:
     """The same estimate by autograd of Phi at each equilibrium, then the difference: the plain
     formulation of reference EP code, kept as the reference for tests and benchmarks (in float32
     it loses the lower layers' digits, see ``EnergyNet.phi_param_grad_diff``)."""

@@ -45,6 +45,12 @@ def _fast_layout(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
+def _one_of(value: str, accepted: tuple[str, ...], what: str) -> str:
+    if value not in accepted:
+        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+    return value
+
+
 def _nudged(beta) -> bool:
     return isinstance(beta, torch.Tensor) or beta != 0.0
 
@@ -164,23 +170,20 @@ class EnergyNet(nn.Module):
 
     @update_order.setter
     def update_order(self, value: str) -> None:
-        if value not in UPDATE_ORDERS:
-            raise ValueError(f"unknown update order {value!r}; accepted: {', '.join(UPDATE_ORDERS)}")
-        self._update_order = value
+        self._update_order = _one_of(value, UPDATE_ORDERS, "update order")
 
     @property
     def conv_algo(self) -> str:
         """How the relaxation steps convolve. 'auto': Winograd F(4x4, r x r)
         (``eplcanet.energy.winograd``) for the wide stride-1 3x3 and 5x5 synapses on CPU in fp32
         or fp64, the direct convolution of oneDNN / cuDNN elsewhere; 'direct': always the latter.
-        The two agree to float rounding; Phi and the parameter update always convolve directly."""
+        The two agree to float rounding; ``phi`` (differentiated by autograd) always convolves
+        directly."""
         return self._conv_algo
 
     @conv_algo.setter
     def conv_algo(self, value: str) -> None:
-        if value not in CONV_ALGOS:
-            raise ValueError(f"unknown conv algorithm {value!r}; accepted: {', '.join(CONV_ALGOS)}")
-        self._conv_algo = value
+        self._conv_algo = _one_of(value, CONV_ALGOS, "conv algorithm")
 
     def _fast(self, conv: nn.Conv2d, x: torch.Tensor) -> bool:
         return self._conv_algo == "auto" and eligible(conv, x)
@@ -347,15 +350,9 @@ class EnergyNet(nn.Module):
                 for i, (u, d) in enumerate(zip(ups, downs))]
 
     # ----------------------------------------------------------------------------- update
-    def phi_param_grad_diff(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        states_a: list[torch.Tensor],
-        beta_a: float,
-        states_b: list[torch.Tensor],
-        beta_b: float,
-    ) -> dict[nn.Parameter, torch.Tensor]:
+    def phi_param_grad_diff(self, x: torch.Tensor, y: torch.Tensor, states_a: list[torch.Tensor],
+                            beta_a: float, states_b: list[torch.Tensor],
+                            beta_b: float) -> dict[nn.Parameter, torch.Tensor]:
         """dPhi/dtheta(x, s_b; beta_b) - dPhi/dtheta(x, s_a; beta_a), batch mean, per parameter
         that Phi depends on, in closed form (no autograd graph).
 
