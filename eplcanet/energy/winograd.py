@@ -108,9 +108,9 @@ class WinogradPlan:
 
     ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u)`` is
     ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where
-    ``u = transform_weight(w, m)``; x, g and the results are channels-last. Tiles are laid out tile-major, (tiles, n*n, C): the
-    transforms are then small dense products that stay in cache, and the per-frequency channel
-    products read them with a stride.
+    ``u = transform_weight(w, m)``; x, g and the results are channels-last. Tiles are laid out
+    tile-major, (tiles, n*n, C): the transforms are then small dense products that stay in cache,
+    and the per-frequency channel products read them with a stride.
     """
 
     def __init__(self, m: int, r: int, batch: int, c_in: int, c_out: int, in_hw, padding: int,
