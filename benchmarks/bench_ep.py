@@ -139,6 +139,15 @@ def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(fa @ fb / (fa.norm() * fb.norm()))
 
 
+def _stepped(net: EnergyNet) -> EnergyNet:
+    """net, its parameters marked as changed in place, as an optimizer step leaves them: what
+    is cached per weight (the Winograd weight transforms) is then recomputed, as in training."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.0)
+    return net
+
+
 def _grads(net: EnergyNet) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in net.parameters() if p.grad is not None]
 
@@ -166,7 +175,7 @@ def minibatch_rows(quick: bool) -> list[Row]:
 
         def ours_bf16():
             with precision_context("bf16", "cpu"):
-                ep_grads(net, x, y, phases)
+                ep_grads(_stepped(net), x, y, phases)
 
         direct = copy.deepcopy(net)
         direct.conv_algo = "direct"
@@ -178,8 +187,8 @@ def minibatch_rows(quick: bool) -> list[Row]:
         ours_bf16()
         cos = _cosine(_grads(net), ref_g)
 
-        t_ours, t_ref = time_pair(lambda: ep_grads(net, x, y, phases),
-                                  lambda: reference_ep(ref, x, y, phases),
+        t_ours, t_ref = time_pair(lambda: ep_grads(_stepped(net), x, y, phases),
+                                  lambda: reference_ep(_stepped(ref), x, y, phases),
                                   repeat=2 if quick else 3)
         t_bf16 = time_fn(ours_bf16, repeat=2 if quick else 3)
         flops = minibatch_flops(net, batch, phases)
@@ -262,7 +271,7 @@ def lcacnn_row(quick: bool) -> Row:
     # The two codes solve the same LASSO except at the image border ('same' padding crops the
     # atoms in ours, zero-pads the image in the reference), so the gradients agree closely only.
     cos = _cosine(_grads(net), _grads(ref))
-    t_ours, t_ref = time_pair(lambda: ep_grads(net, x, y, phases),
+    t_ours, t_ref = time_pair(lambda: ep_grads(_stepped(net), x, y, phases),
                               reference, repeat=1 if quick else 3)
     return Row(name=f"LCACNN minibatch (LCA 64x9x9 s2 -> CNN 32-64), 32x32 RGB, batch {batch}",
                unit=f"minibatch ({args.lca_iters} LCA iterations, T1={phases.T1}, "

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from eplcanet.energy.dynamics import relax
+from eplcanet.energy.learning import phi_param_grads
 from eplcanet.energy.networks import P_CNN
 from eplcanet.energy.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
-                                      winograd_matrices)
+                                      weight_grad_eligible, winograd_matrices)
 
 
 def _cl(t):
@@ -57,9 +58,21 @@ def test_forward_and_adjoint_equal_the_direct_convolutions(shape):
     torch.testing.assert_close((ref * g).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_weight_gradient_equals_the_direct_one(shape):
+    b, ci, co, hw, r, p = shape
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(ci, co, r, padding=p).double()
+    x = _cl(torch.randn(b, ci, *hw, dtype=torch.float64))
+    g = _cl(torch.randn_like(conv(x)))
+    convs = WinogradConvs()
+    ref = torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, padding=p)
+    torch.testing.assert_close(convs.weight_grad(conv, x, g), ref, rtol=1e-10, atol=1e-10)
+
+
 def test_adjoint_rejects_maps_of_another_size():
     plan = WinogradPlan(4, 3, 2, 3, 4, (7, 7), 1, torch.float64, "cpu")
-    with pytest.raises(ValueError, match=r"takes \(7, 7\) maps"):
+    with pytest.raises(ValueError, match=r"gives \(7, 7\) maps"):
         plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 3, 4))
 
 
@@ -102,8 +115,8 @@ def test_cache_follows_in_place_weight_updates_and_shares_its_workspace():
         torch.testing.assert_close(convs.forward(a, xa), a(xa), rtol=1e-4, atol=1e-4)
 
 
-def _wide_net():
-    return P_CNN((8, 8, 8), [128, 128], [3, 3], [1, 1], [1, 1], "mm", [10],
+def _wide_net(size=8):
+    return P_CNN((8, size, size), [128, 128], [3, 3], [1, 1], [1, 1], "mm", [10],
                  act="my_hard_sig", softmax=True, loss="cel").double()
 
 
@@ -122,6 +135,20 @@ def test_network_relaxation_is_the_same_with_and_without_winograd():
             ref = direct.phi_grad_states(drive, states, beta, y)
             for a, b in zip(fast, ref):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+    # The update's weight gradients too (a batch with enough tiles for the Winograd weight
+    # gradient), from states far enough apart to move the pool indices.
+    net = _wide_net(16)
+    direct = copy.deepcopy(net)
+    direct.conv_algo = "direct"
+    x, y = torch.rand(32, 8, 16, 16, dtype=torch.float64), torch.randint(0, 10, (32,))
+    sa = [torch.rand(32, *s, dtype=torch.float64) for s in net.state_shapes]
+    sb = [torch.rand_like(s) for s in sa]
+    with torch.no_grad():
+        assert weight_grad_eligible(net.synapses[1], sa[0])
+    fast = phi_param_grads(net, x, y, sa, -0.5, sb, 0.5)
+    for a, b in zip(fast, phi_param_grads(direct, x, y, sa, -0.5, sb, 0.5)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_conv_algo_is_validated():

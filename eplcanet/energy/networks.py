@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from .winograd import WinogradConvs, eligible
+from .winograd import WinogradConvs, eligible, weight_grad_eligible
 
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
@@ -225,6 +225,13 @@ class EnergyNet(nn.Module):
         """conv(x) in a relaxation step."""
         return self._winograd.forward(conv, x) if self._fast(conv, x) else conv(x)
 
+    def _conv_weight_grad(self, conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
+        """The gradient of sum(conv(x) * g) with respect to conv's weight."""
+        if self._conv_algo == "auto" and weight_grad_eligible(conv, x):
+            return self._winograd.weight_grad(conv, x, g)
+        return torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, conv.stride, conv.padding,
+                                           conv.dilation, conv.groups)
+
     def _conv_t(self, g: torch.Tensor, conv: nn.Conv2d, out_hw) -> torch.Tensor:
         """The adjoint of `conv` (without bias) applied to g, sized to out_hw."""
         if self._fast(conv, g):
@@ -398,8 +405,7 @@ class EnergyNet(nn.Module):
             ub = self._unpool(i, sb, self._pool(i, hb)[1], hb.shape)
         du = ub - ua
         inp, grad = (pa, du) if same_input else (torch.cat([pb - pa, pa]), torch.cat([ub, du]))
-        out[conv.weight] = torch.nn.grad.conv2d_weight(
-            inp, conv.weight.shape, grad, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out[conv.weight] = self._conv_weight_grad(conv, inp, grad)
         if conv.bias is not None:
             out[conv.bias] = du.sum((0, 2, 3))
 

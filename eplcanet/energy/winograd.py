@@ -52,12 +52,31 @@ def winograd_matrices(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return at, g, bt
 
 
-def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """The weight (C_out, C_in, r, r) in the tile frequency domain, (n*n, C_in, C_out)."""
-    c_out, c_in, r, _ = weight.shape
+def _kron_g(m: int, r: int, like: torch.Tensor) -> torch.Tensor:
+    """G (x) G, (n*n, r*r): the weight transform as one matrix (G's entries are exact binary
+    fractions, so casting it loses nothing)."""
     g = winograd_matrices(m, r)[1]
-    u = torch.einsum("ak,oikl,bl->abio", g, weight.detach().double(), g)
-    return u.reshape(-1, c_in, c_out).to(weight.dtype).contiguous()
+    return torch.kron(g, g).to(dtype=like.dtype, device=like.device)
+
+
+def transform_weight(weight: torch.Tensor, m: int, out: torch.Tensor | None = None):
+    """The weight (C_out, C_in, r, r) in the tile frequency domain, G W G^T per channel pair:
+    (n*n, C_in, C_out), written to `out` when given. One matrix product: it runs after every
+    optimizer step."""
+    c_out, c_in, r, _ = weight.shape
+    taps = weight.detach().permute(2, 3, 1, 0).reshape(r * r, c_in * c_out)
+    if out is None:
+        return (_kron_g(m, r, weight) @ taps).view(-1, c_in, c_out)
+    torch.mm(_kron_g(m, r, weight), taps, out=out.view(-1, c_in * c_out))
+    return out
+
+
+def untransform_weight_grad(grad_u: torch.Tensor, m: int, r: int) -> torch.Tensor:
+    """The adjoint of transform_weight: a gradient (n*n, C_in, C_out) with respect to the
+    transformed weight, as one with respect to the weight, (C_out, C_in, r, r)."""
+    _, c_in, c_out = grad_u.shape
+    taps = _kron_g(m, r, grad_u).T @ grad_u.reshape(grad_u.shape[0], -1)
+    return taps.view(r, r, c_in, c_out).permute(3, 2, 0, 1).contiguous()
 
 
 class Workspace:
@@ -146,16 +165,44 @@ class WinogradPlan:
             return view
         return self._buf(3, *view.shape).copy_(view)
 
-    def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
-        """conv(x) without bias; out: a (batch, H_out, W_out, C_out) tensor to write it to."""
+    def _input_tiles(self, x: torch.Tensor, out: int, tmp: int) -> torch.Tensor:
+        """B^T D B for every (padded, overlapping) n x n input tile D of x: (tiles, n*n, C_in) in
+        buffer `out` (buffers 0 and `tmp` are scratch)."""
         m, n, p = self.m, self.n, self.p
-        (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
-        b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
+        (h, w), (th, tw) = self.in_hw, self.tiles
+        b, ci, t = self.batch, self.c_in, self.n_tiles
         self.padded[:, p:p + h, p:p + w].copy_(x.permute(0, 2, 3, 1))
         windows = self.padded.unfold(1, n, m).unfold(2, n, m)  # (b, th, tw, ci, n, n)
         d = self._buf(0, t, n * n, ci)
         d.view(b, th, tw, n, n, ci).copy_(windows.permute(0, 1, 2, 4, 5, 3))
-        v = self.tb(d, self._buf(1, t, n * n, ci), self._buf(2, t, n, n * ci))
+        return self.tb(d, self._buf(out, t, n * n, ci), self._buf(tmp, t, n, n * ci))
+
+    def _output_grad_tiles(self, g: torch.Tensor, out: int, tmp: int) -> torch.Tensor:
+        """A Y A^T for every m x m tile Y of g (zero beyond its edge): (tiles, n*n, C_out) in
+        buffer `out` (buffers 0 and `tmp` are scratch)."""
+        m, n = self.m, self.n
+        (th, tw), (ho, wo) = self.tiles, self.out_hw
+        b, co, t = self.batch, self.c_out, self.n_tiles
+        if tuple(g.shape[-2:]) != (ho, wo):
+            raise ValueError(f"this convolution gives ({ho}, {wo}) maps, got gradients of "
+                             f"{tuple(g.shape[-2:])}")
+        y = self._buf(0, t, m * m, co)
+        grid = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
+        g_nhwc = g.permute(0, 2, 3, 1)
+        if (th * m, tw * m) == (ho, wo):
+            grid.copy_(g_nhwc.reshape(b, th, m, tw, m, co))
+        else:  # the tiles overhanging the output get zeros
+            full = g.new_zeros(b, th * m, tw * m, co)
+            full[:, :ho, :wo] = g_nhwc
+            grid.copy_(full.view(b, th, m, tw, m, co))
+        return self.ta_t(y, self._buf(out, t, n * n, co), self._buf(tmp, t, n, m * co))
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
+        """conv(x) without bias; out: a (batch, H_out, W_out, C_out) tensor to write it to."""
+        m, n = self.m, self.n
+        (th, tw), (ho, wo) = self.tiles, self.out_hw
+        b, co, t = self.batch, self.c_out, self.n_tiles
+        v = self._input_tiles(x, 1, 2)
         prod = self._buf(2, n * n, t, co)  # frequency-major: one matrix product per frequency
         torch.bmm(v.transpose(0, 1), u, out=prod)
         y = self.ta(self._tile_major(prod), self._buf(0, t, m * m, co), self._buf(1, t, m, n * co))
@@ -170,20 +217,9 @@ class WinogradPlan:
     def adjoint(self, g: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
         """The transposed convolution of g; out: a (batch, H, W, C_in) tensor to write it to."""
         m, n, p = self.m, self.n, self.p
-        (h, w), (th, tw), (ho, wo) = self.in_hw, self.tiles, self.out_hw
-        b, ci, co, t = self.batch, self.c_in, self.c_out, self.n_tiles
-        if tuple(g.shape[-2:]) != (ho, wo):
-            raise ValueError(f"the adjoint takes ({ho}, {wo}) maps, got {tuple(g.shape[-2:])}")
-        y = self._buf(0, t, m * m, co)
-        grid = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
-        g_nhwc = g.permute(0, 2, 3, 1)
-        if (th * m, tw * m) == (ho, wo):
-            grid.copy_(g_nhwc.reshape(b, th, m, tw, m, co))
-        else:  # the tiles overhanging the output get zeros
-            full = g.new_zeros(b, th * m, tw * m, co)
-            full[:, :ho, :wo] = g_nhwc
-            grid.copy_(full.view(b, th, m, tw, m, co))
-        prod = self.ta_t(y, self._buf(1, t, n * n, co), self._buf(2, t, n, m * co))
+        (h, w), (th, tw) = self.in_hw, self.tiles
+        b, ci, t = self.batch, self.c_in, self.n_tiles
+        prod = self._output_grad_tiles(g, 1, 2)
         v = self._buf(2, n * n, t, ci)
         torch.bmm(prod.transpose(0, 1), u.transpose(1, 2), out=v)
         d = self.tb_t(self._tile_major(v), self._buf(0, t, n * n, ci), self._buf(1, t, n, n * ci))
@@ -200,6 +236,19 @@ class WinogradPlan:
         crop = acc[:, p:p + h, p:p + w]
         out = crop.contiguous() if out is None else out.copy_(crop)
         return out.permute(0, 3, 1, 2)
+
+
+    def weight_grad_into(self, x: torch.Tensor, g: torch.Tensor, acc: torch.Tensor,
+                         first: bool) -> None:
+        """Write (first) or add to acc (n*n, C_in, C_out) the weight gradient of conv(x) against
+        output gradient g in the tile frequency domain: per frequency, (input tiles)^T (gradient
+        tiles)."""
+        v = self._input_tiles(x, 1, 2)
+        z = self._output_grad_tiles(g, 3, 2)
+        if first:
+            torch.bmm(v.permute(1, 2, 0), z.transpose(0, 1), out=acc)
+        else:
+            acc.baddbmm_(v.permute(1, 2, 0), z.transpose(0, 1))
 
 
 # Smallest channel count (min of in and out) from which F(4x4, r x r) beat oneDNN's direct
@@ -230,6 +279,19 @@ def eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
         and conv.padding[0] == conv.padding[1]
         and conv.padding_mode == "zeros"
     )
+
+
+# The weight gradient has a fixed cost, in the size of the transformed weight (n*n C_in C_out),
+# besides the per-tile one; below this many tiles in the batch oneDNN's was faster (measured:
+# 512->512 at 4x4, 32 tiles: 0.66x; 256->512 at 8x8, 128 tiles: 1.45x).
+MIN_WEIGHT_GRAD_TILES = 128
+
+
+def weight_grad_eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the weight gradient of conv at x takes the Winograd path (see eligible)."""
+    r, p = conv.kernel_size[0], conv.padding[0]
+    tiles = x.shape[0] * math.prod(-(-(s + 2 * p - r + 1) // TILE) for s in x.shape[-2:])
+    return eligible(conv, x) and tiles >= MIN_WEIGHT_GRAD_TILES
 
 
 class WinogradConvs:
@@ -270,9 +332,11 @@ class WinogradConvs:
         w = conv.weight
         stamp = (w._version, w.data_ptr(), w.dtype, w.device)
         cached = self._weights.get(id(conv))
-        if cached is None or cached[0] != stamp:
+        if cached is None or cached[0][2:] != stamp[2:]:
             cached = (stamp, transform_weight(w, TILE))
-            self._weights[id(conv)] = cached
+        elif cached[0] != stamp:  # the weight changed in place: so does its transform
+            cached = (stamp, transform_weight(w, TILE, out=cached[1]))
+        self._weights[id(conv)] = cached
         return cached[1]
 
     def _chunks(self, conv: torch.nn.Conv2d, batch: int, in_hw, u: torch.Tensor):
@@ -298,6 +362,19 @@ class WinogradConvs:
         if conv.bias is not None:
             out.add_(conv.bias)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+
+    def weight_grad(self, conv: torch.nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The gradient of sum(conv(x) * g) with respect to conv's weight, (C_out, C_in, r, r):
+        summed over the batch in the tile frequency domain, then taken back through G."""
+        u = self._weight(conv)
+        r = conv.kernel_size[0]
+        n, hw = TILE + r - 1, tuple(x.shape[-2:])
+        acc = x.new_empty(n * n, conv.in_channels, conv.out_channels)
+        for k, part in enumerate(self._chunks(conv, x.shape[0], hw, u)):
+            xs = x[part]
+            plan = self._plan(conv, xs.shape[0], hw, x.dtype, x.device)
+            plan.weight_grad_into(xs, g[part], acc, first=k == 0)
+        return untransform_weight_grad(acc, TILE, r)
 
     def adjoint(self, conv: torch.nn.Conv2d, g: torch.Tensor, out_hw) -> torch.Tensor:
         """The transposed convolution of g with conv's weight (no bias): the input gradient of
