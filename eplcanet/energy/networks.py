@@ -396,15 +396,14 @@ class EnergyNet(nn.Module):
         difference is corr(p_b - p_a, U_b(s_b)) + corr(p_a, U_b(s_b) - U_a(s_a))."""
         ha = self._conv(conv, pa)
         _, idx_a = self._pool(i, ha)
-        ua = self._unpool(i, sa, idx_a, ha.shape)
-        same_input = pa is pb
-        if same_input:
-            ub = self._unpool(i, sb, idx_a, ha.shape)
+        if pa is pb:  # the same pooling indices: unpool the state difference once
+            du = self._unpool(i, sb - sa, idx_a, ha.shape)
+            inp, grad = pa, du
         else:
             hb = self._conv(conv, pb)
             ub = self._unpool(i, sb, self._pool(i, hb)[1], hb.shape)
-        du = ub - ua
-        inp, grad = (pa, du) if same_input else (torch.cat([pb - pa, pa]), torch.cat([ub, du]))
+            du = ub - self._unpool(i, sa, idx_a, ha.shape)
+            inp, grad = torch.cat([pb - pa, pa]), torch.cat([ub, du])
         out[conv.weight] = self._conv_weight_grad(conv, inp, grad)
         if conv.bias is not None:
             out[conv.bias] = du.sum((0, 2, 3))
