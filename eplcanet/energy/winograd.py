@@ -3,13 +3,15 @@
 A stride-1 convolution with an r x r kernel, computed on m x m output tiles F(m x m, r x r),
 needs n^2 = (m + r - 1)^2 multiplies per tile and channel pair instead of m^2 r^2: F(4x4, 3x3)
 does a quarter of the multiply-adds of the direct convolution, in one batched matrix product per
-tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile transforms are
-Kronecker products of the 1-D ones, applied as single matrix products.
+tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile transforms apply
+the 1-D ones on both axes of a tile (as one Kronecker product, or axis by axis for 8x8 tiles).
 
 The transposed convolution (the top-down term of EP) is the exact adjoint of the same computation:
 non-overlapping output tiles go through the transposed transforms and the transposed channel
 matrices, and the n x n input tiles are added back where they overlap. So one transformed weight
-serves both directions.
+serves both directions. The weight gradient (the EP update) multiplies, per frequency, the
+transformed input tiles by the transformed output-gradient tiles and takes the sum back through
+G, the adjoint of the weight transform.
 
 In exact arithmetic the results equal the direct convolution; in float32 they differ by a few
 units in the 6th digit (tests/test_winograd.py). The matrices come from the Toom-Cook
