@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="0", help="cuda index, 'cuda', 'cuda:N' or 'cpu' (cpu if no GPU)")
     a("--seed", type=int, default=0)
     a("--conv-algo", default="auto", choices=CONV_ALGOS,
-      help="relaxation convolutions: auto (Winograd F(4x4) for wide stride-1 3x3/5x5 layers on "
-           "CPU in fp32, 1.3-1.9x faster there; the direct convolution elsewhere) or direct "
-           "(always the direct one); they agree to float rounding")
+      help="relaxation and update convolutions: auto (Winograd F(4x4) for stride-1 3x3 layers "
+           "with 128+ channels on CPU in fp32, 1.4-1.9x faster there; direct elsewhere), "
+           "winograd (also for narrower 3x3 and for 5x5 layers) or direct (never Winograd); "
+           "they agree to float rounding")
     a("--precision", default="fp32", choices=PRECISIONS,
       help="bf16: autocast the relaxation (states kept in fp32); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")

@@ -94,7 +94,11 @@ def test_eligibility():
     conv, x = _wide_conv(), _cl(torch.rand(2, 128, 8, 8))
     with torch.no_grad():
         assert eligible(conv, x)
-        assert not eligible(_wide_conv(32, 64), _cl(torch.rand(2, 32, 8, 8)))  # too narrow
+        narrow, xn = _wide_conv(32, 64), _cl(torch.rand(2, 32, 8, 8))
+        assert not eligible(narrow, xn)  # too narrow to pay, by default
+        assert eligible(narrow, xn, everywhere=True)  # --conv-algo winograd
+        five = torch.nn.Conv2d(32, 64, 5)
+        assert not eligible(five, xn) and eligible(five, xn, everywhere=True)
         assert not eligible(torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), x)
         assert not eligible(conv, x.to(torch.bfloat16))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -153,7 +157,7 @@ def test_network_relaxation_is_the_same_with_and_without_winograd():
 
 def test_conv_algo_is_validated():
     net = _wide_net()
-    with pytest.raises(ValueError, match="accepted: auto, direct"):
+    with pytest.raises(ValueError, match="accepted: auto, direct, winograd"):
         net.conv_algo = "fft"
 
 
@@ -176,3 +180,24 @@ def test_copies_and_pickles_of_a_network_start_with_empty_caches():
             other.conv_algo = "direct"
             ref = other.phi_grad_states(other.input_drive(x), s)[0]
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_everywhere_runs_5x5_layers_like_the_direct_convolution():
+    torch.manual_seed(8)
+    net = P_CNN((1, 14, 14), [8, 16], [5, 5], [1, 1], [0, 2], "mm", [10], act="my_hard_sig",
+                softmax=True, loss="cel").double()
+    net.conv_algo = "winograd"
+    direct = copy.deepcopy(net)
+    direct.conv_algo = "direct"
+    x, y = torch.rand(6, 1, 14, 14, dtype=torch.float64), torch.randint(0, 10, (6,))
+    sa = [torch.rand(6, *s, dtype=torch.float64) for s in net.state_shapes]
+    sb = [torch.rand_like(s) for s in sa]
+    with torch.no_grad():
+        assert eligible(net.synapses[1], sa[0], everywhere=True)
+        assert not eligible(net.synapses[1], sa[0])
+        d = net.input_drive(x)
+        for a, b in zip(net.phi_grad_states(d, sa, 0.3, y), direct.phi_grad_states(d, sa, 0.3, y)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(phi_param_grads(net, x, y, sa, -0.5, sb, 0.5),
+                    phi_param_grads(direct, x, y, sa, -0.5, sb, 0.5)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

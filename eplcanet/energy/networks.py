@@ -32,7 +32,7 @@ from .winograd import WinogradConvs, eligible, weight_grad_eligible
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
 UPDATE_ORDERS = ("sync", "alternate")  # see eplcanet.energy.dynamics
-CONV_ALGOS = ("auto", "direct")  # see EnergyNet.conv_algo
+CONV_ALGOS = ("auto", "direct", "winograd")  # see EnergyNet.conv_algo
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -174,11 +174,12 @@ class EnergyNet(nn.Module):
 
     @property
     def conv_algo(self) -> str:
-        """How the relaxation steps convolve. 'auto': Winograd F(4x4, r x r)
-        (``eplcanet.energy.winograd``) for the wide stride-1 3x3 and 5x5 synapses on CPU in fp32
-        or fp64, the direct convolution of oneDNN / cuDNN elsewhere; 'direct': always the latter.
-        The two agree to float rounding; ``phi`` (differentiated by autograd) always convolves
-        directly."""
+        """How the relaxation steps and the update convolve. 'auto': Winograd F(4x4, r x r)
+        (``eplcanet.energy.winograd``) where it was measured to pay (stride-1 3x3 synapses with
+        128+ channels, on CPU in fp32 or fp64), the direct convolution of oneDNN / cuDNN
+        elsewhere; 'winograd': Winograd for every stride-1 3x3 and 5x5 synapse it can run;
+        'direct': never. They agree to float rounding; ``phi`` (differentiated by autograd)
+        always convolves directly."""
         return self._conv_algo
 
     @conv_algo.setter
@@ -186,7 +187,7 @@ class EnergyNet(nn.Module):
         self._conv_algo = _one_of(value, CONV_ALGOS, "conv algorithm")
 
     def _fast(self, conv: nn.Conv2d, x: torch.Tensor) -> bool:
-        return self._conv_algo == "auto" and eligible(conv, x)
+        return self._conv_algo != "direct" and eligible(conv, x, self._conv_algo == "winograd")
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -227,7 +228,8 @@ class EnergyNet(nn.Module):
 
     def _conv_weight_grad(self, conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
         """The gradient of sum(conv(x) * g) with respect to conv's weight."""
-        if self._conv_algo == "auto" and weight_grad_eligible(conv, x):
+        if self._conv_algo != "direct" and weight_grad_eligible(conv, x,
+                                                                self._conv_algo == "winograd"):
             return self._winograd.weight_grad(conv, x, g)
         return torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, conv.stride, conv.padding,
                                            conv.dilation, conv.groups)

@@ -253,27 +253,36 @@ class WinogradPlan:
             acc.baddbmm_(v.permute(1, 2, 0), z.transpose(0, 1))
 
 
-# Smallest channel count (min of in and out) from which F(4x4, r x r) beat oneDNN's direct
-# convolution in both directions on the 2-core AMD EPYC of docs/performance.md: below it the
-# tile transforms, not the channel products, dominate.
-MIN_CHANNELS = {3: 128, 5: 32}
+KERNELS = (3, 5)  # F(4x4, 3x3) and F(4x4, 5x5)
+# For the default ('auto'), the layers where F(4x4, r x r) beat oneDNN's direct convolution in
+# both directions in every measurement on the 2-core AMD EPYC of docs/performance.md: 3x3 with
+# at least 128 channels on each side. Narrower 3x3 layers lose to the tile transforms. 5x5
+# layers (MNIST-size, 32->64) ran 1.2-1.4x faster on a quiet machine but erratically, down to
+# half speed in some processes, while other jobs shared it: they take Winograd only when asked.
+AUTO_MIN_CHANNELS = {3: 128}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
 CHUNK_BYTES = 4 << 20
+# The weight gradient has a fixed cost, in the size of the transformed weight (n*n C_in C_out),
+# besides the per-tile one; below this many tiles in the batch oneDNN's was faster (measured:
+# 512->512 at 4x4, 32 tiles: 0.66x; 256->512 at 8x8, 128 tiles: 1.45x).
+AUTO_MIN_WEIGHT_GRAD_TILES = 128
 
 
-def eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -> bool:
     """Whether `conv` applied to x (and its adjoint) takes the Winograd path: on CPU, in float32
-    or float64 outside autocast and autograd (the relaxation steps), stride 1, square kernel of
-    a size in MIN_CHANNELS, wide enough to pay for the transforms."""
+    or float64 outside autocast and autograd (the relaxation steps), stride 1, a square kernel
+    in KERNELS; unless `everywhere` (--conv-algo winograd), only where AUTO_MIN_CHANNELS says
+    it pays."""
     r = conv.kernel_size[0]
+    wide = everywhere or min(conv.in_channels, conv.out_channels) >= AUTO_MIN_CHANNELS.get(r, 1e9)
     return (
-        x.device.type == "cpu"
+        wide
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and conv.kernel_size == (r, r)
-        and r in MIN_CHANNELS
-        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS[r]
+        and r in KERNELS
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
@@ -283,17 +292,11 @@ def eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     )
 
 
-# The weight gradient has a fixed cost, in the size of the transformed weight (n*n C_in C_out),
-# besides the per-tile one; below this many tiles in the batch oneDNN's was faster (measured:
-# 512->512 at 4x4, 32 tiles: 0.66x; 256->512 at 8x8, 128 tiles: 1.45x).
-MIN_WEIGHT_GRAD_TILES = 128
-
-
-def weight_grad_eligible(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+def weight_grad_eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False):
     """Whether the weight gradient of conv at x takes the Winograd path (see eligible)."""
     r, p = conv.kernel_size[0], conv.padding[0]
     tiles = x.shape[0] * math.prod(-(-(s + 2 * p - r + 1) // TILE) for s in x.shape[-2:])
-    return eligible(conv, x) and tiles >= MIN_WEIGHT_GRAD_TILES
+    return eligible(conv, x, everywhere) and (everywhere or tiles >= AUTO_MIN_WEIGHT_GRAD_TILES)
 
 
 class WinogradConvs:
