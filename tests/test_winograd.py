@@ -124,6 +124,15 @@ def _wide_net(size=8):
                  act="my_hard_sig", softmax=True, loss="cel").double()
 
 
+def _direct_twin_and_two_phases(net, batch):
+    """A copy of net with direct convolutions, inputs, labels and two random sets of states."""
+    direct = copy.deepcopy(net)
+    direct.conv_algo = "direct"
+    x = torch.rand(batch, *net.in_shape, dtype=torch.float64)
+    sa = [torch.rand(batch, *s, dtype=torch.float64) for s in net.state_shapes]
+    return direct, x, torch.randint(0, 10, (batch,)), sa, [torch.rand_like(s) for s in sa]
+
+
 def test_network_relaxation_is_the_same_with_and_without_winograd():
     torch.manual_seed(5)
     net = _wide_net()
@@ -143,11 +152,7 @@ def test_network_relaxation_is_the_same_with_and_without_winograd():
     # The update's weight gradients too (a batch with enough tiles for the Winograd weight
     # gradient), from states far enough apart to move the pool indices.
     net = _wide_net(16)
-    direct = copy.deepcopy(net)
-    direct.conv_algo = "direct"
-    x, y = torch.rand(32, 8, 16, 16, dtype=torch.float64), torch.randint(0, 10, (32,))
-    sa = [torch.rand(32, *s, dtype=torch.float64) for s in net.state_shapes]
-    sb = [torch.rand_like(s) for s in sa]
+    direct, x, y, sa, sb = _direct_twin_and_two_phases(net, 32)
     with torch.no_grad():
         assert weight_grad_eligible(net.synapses[1], sa[0])
     fast = phi_param_grads(net, x, y, sa, -0.5, sb, 0.5)
@@ -187,11 +192,7 @@ def test_winograd_everywhere_runs_5x5_layers_like_the_direct_convolution():
     net = P_CNN((1, 14, 14), [8, 16], [5, 5], [1, 1], [0, 2], "mm", [10], act="my_hard_sig",
                 softmax=True, loss="cel").double()
     net.conv_algo = "winograd"
-    direct = copy.deepcopy(net)
-    direct.conv_algo = "direct"
-    x, y = torch.rand(6, 1, 14, 14, dtype=torch.float64), torch.randint(0, 10, (6,))
-    sa = [torch.rand(6, *s, dtype=torch.float64) for s in net.state_shapes]
-    sb = [torch.rand_like(s) for s in sa]
+    direct, x, y, sa, sb = _direct_twin_and_two_phases(net, 6)
     with torch.no_grad():
         assert eligible(net.synapses[1], sa[0], everywhere=True)
         assert not eligible(net.synapses[1], sa[0])
