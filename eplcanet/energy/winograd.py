@@ -82,9 +82,10 @@ def untransform_weight_grad(grad_u: torch.Tensor, m: int, r: int) -> torch.Tenso
 
 
 class Workspace:
-    """Three flat tile buffers, grown on demand and shared by the plans of one network (they run
-    one at a time). Allocating them afresh at every step would cost page faults comparable to
-    the arithmetic at these sizes."""
+    """Four flat tile buffers, grown on demand and shared by the plans of one network (they run
+    one at a time; each holds at most a batch chunk's tiles, see WinogradConvs._chunks).
+    Allocating them afresh at every step would cost page faults comparable to the arithmetic at
+    these sizes."""
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, torch.Tensor] = {}
