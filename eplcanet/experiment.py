@@ -113,6 +113,9 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
     set_matmul_precision(args.precision, device)
     if args.todo == "train":  # refuse a --mbs the processes cannot share, before any work
         dist.local_batch(args.mbs)
+        if args.warm_start is not None and dist.enabled:  # samples move between processes
+            raise SystemExit("error: --warm-start runs in a single process (its state bank is "
+                             "per sample, and torchrun moves samples between processes)")
     seed_everything(args.seed)
     if args.load_path and not (Path(args.load_path) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: --load-path {args.load_path} has no checkpoint.pt")
@@ -174,9 +177,6 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
     test_loader = dist.eval_loader(splits.test, args.mbs)
     train_data, bank = splits.train, None
     if args.warm_start is not None:
-        if dist.enabled:  # samples move between processes from epoch to epoch
-            raise SystemExit("error: --warm-start runs in a single process (its state bank is "
-                             "per sample, and torchrun moves samples between processes)")
         train_data, bank = WithIndex(splits.train), StateBank(net, len(splits.train), device)
         print(f"warm start: {args.warm_start} free steps from each sample's last equilibrium "
               f"(state bank {bank.nbytes / 2**20:.0f} MiB on {device})")

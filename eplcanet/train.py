@@ -93,7 +93,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         init = None
         if bank is not None:
-            init = bank.lookup(index[0], net.init_states(x.shape[0], device=x.device))
+            init = bank.lookup(index[0], x.device, net.synapses[0].weight.dtype)
         with precision_context(precision, device):
             states = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init)
         if bank is not None:

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from eplcanet.cli import parse_args
@@ -24,10 +25,10 @@ def test_bank_returns_states_only_once_every_sample_of_the_batch_has_some():
     bank = StateBank(net, 10, "cpu")
     like = net.init_states(3)
     states = [torch.rand_like(s) for s in like]
-    assert bank.lookup(torch.tensor([1, 4, 7]), like) is None
+    assert bank.lookup(torch.tensor([1, 4, 7]), "cpu", torch.float32) is None
     bank.store(torch.tensor([1, 4, 7]), states)
-    assert bank.lookup(torch.tensor([1, 4, 8]), like) is None  # sample 8 was never stored
-    got = bank.lookup(torch.tensor([7, 1]), [s[:2] for s in like])
+    assert bank.lookup(torch.tensor([1, 4, 8]), "cpu", torch.float32) is None  # 8: never stored
+    got = bank.lookup(torch.tensor([7, 1]), "cpu", torch.float32)
     for g, s in zip(got, states):
         torch.testing.assert_close(g, s[[2, 0]], atol=1e-3, rtol=0)  # float16 storage
         assert g.dtype == torch.float32
@@ -64,10 +65,10 @@ def test_second_epoch_relaxes_from_the_stored_equilibria():
     # In the next epoch a minibatch starts from its samples' stored states and runs warm_T1 steps.
     x, y, idx = next(iter(make_loader(data, 32, shuffle=True, seed=0, epoch=2)))
     with torch.no_grad():
-        start = bank.lookup(idx, net.init_states(32))
+        start = bank.lookup(idx, "cpu", torch.float32)
         expected = relax(net, net.input_drive(x), start, 3)
     train_epoch(net, opt, [(x, y, idx)], "EP", phases, "cpu", bank=bank, warm_T1=3)
-    for stored, e in zip(bank.lookup(idx, net.init_states(32)), expected):
+    for stored, e in zip(bank.lookup(idx, "cpu", torch.float32), expected):
         torch.testing.assert_close(stored, e, atol=1e-3, rtol=0)
 
 
@@ -78,3 +79,13 @@ def test_warm_start_trains_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warm start: 5 free steps" in out and "state bank" in out
     assert result["test_acc"] > 0.3  # far above chance (0.1) after two tiny epochs
+
+
+def test_warm_start_under_torchrun_is_refused_before_any_work(tmp_path):
+    from eplcanet.distributed import DistContext
+    from eplcanet.experiment import _run
+
+    argv = ["--warm-start", "5", "--device", "cpu", "--save", "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--warm-start runs in a single process"):
+        _run(parse_args(argv), argv, DistContext(rank=0, world_size=2))
+    assert not any(tmp_path.iterdir())  # no run directory was started

@@ -112,15 +112,16 @@ class StateBank:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.layers)
 
-    def lookup(self, idx: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """The stored states of samples idx, shaped, typed and laid out like `like`; None unless
-        every one of them has been stored (one host sync per minibatch)."""
+    def lookup(self, idx: torch.Tensor, device, dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """The stored states of samples idx, on `device` in `dtype` (conv layers channels-last,
+        as ``EnergyNet.init_states`` lays them out); None unless every one of them has been
+        stored (one host sync per minibatch)."""
         idx = idx.to(self.known.device)
         if not bool(self.known[idx].all()):
             return None
         out = []
-        for bank, ref in zip(self.layers, like):
-            s = bank[idx].to(device=ref.device, dtype=ref.dtype)
+        for bank in self.layers:
+            s = bank[idx].to(device=device, dtype=dtype)
             out.append(s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s)
         return out
 

@@ -186,8 +186,10 @@ class EnergyNet(nn.Module):
     def conv_algo(self, value: str) -> None:
         self._conv_algo = _one_of(value, CONV_ALGOS, "conv algorithm")
 
-    def _fast(self, conv: nn.Conv2d, x: torch.Tensor) -> bool:
-        return self._conv_algo != "direct" and eligible(conv, x, self._conv_algo == "winograd")
+    def _fast(self, conv: nn.Conv2d, x: torch.Tensor, test=eligible) -> bool:
+        """Whether conv at x takes the Winograd path under conv_algo; `test`: eligible (the
+        convolution and its adjoint) or weight_grad_eligible."""
+        return self._conv_algo != "direct" and test(conv, x, self._conv_algo == "winograd")
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -228,8 +230,7 @@ class EnergyNet(nn.Module):
 
     def _conv_weight_grad(self, conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
         """The gradient of sum(conv(x) * g) with respect to conv's weight."""
-        if self._conv_algo != "direct" and weight_grad_eligible(conv, x,
-                                                                self._conv_algo == "winograd"):
+        if self._fast(conv, x, weight_grad_eligible):
             return self._winograd.weight_grad(conv, x, g)
         return torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, conv.stride, conv.padding,
                                            conv.dilation, conv.groups)

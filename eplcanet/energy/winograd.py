@@ -81,6 +81,12 @@ def untransform_weight_grad(grad_u: torch.Tensor, m: int, r: int) -> torch.Tenso
     return taps.view(r, r, c_in, c_out).permute(3, 2, 0, 1).contiguous()
 
 
+def tiling(in_hw, r: int, padding: int, m: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(output size, tiles per dimension) of a stride-1 r x r convolution with F(m x m, r x r)."""
+    out = tuple(s + 2 * padding - r + 1 for s in in_hw)
+    return out, tuple(-(-s // m) for s in out)
+
+
 class Workspace:
     """Four flat tile buffers, grown on demand and shared by the plans of one network (they run
     one at a time; each holds at most a batch chunk's tiles, see WinogradConvs._chunks).
@@ -143,8 +149,7 @@ class WinogradPlan:
         self.m, self.r, self.n, self.p = m, r, n, padding
         self.batch, self.c_in, self.c_out = batch, c_in, c_out
         self.in_hw = tuple(in_hw)
-        self.out_hw = tuple(s + 2 * padding - r + 1 for s in self.in_hw)
-        self.tiles = tuple(-(-s // m) for s in self.out_hw)
+        self.out_hw, self.tiles = tiling(self.in_hw, r, padding, m)
         th, tw = self.tiles
         at, _, bt = winograd_matrices(m, r)
         kw = dict(dtype=dtype, device=device)
@@ -240,7 +245,6 @@ class WinogradPlan:
         out = crop.contiguous() if out is None else out.copy_(crop)
         return out.permute(0, 3, 1, 2)
 
-
     def weight_grad_into(self, x: torch.Tensor, g: torch.Tensor, acc: torch.Tensor,
                          first: bool) -> None:
         """Write (first) or add to acc (n*n, C_in, C_out) the weight gradient of conv(x) against
@@ -295,9 +299,10 @@ def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -
 
 def weight_grad_eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False):
     """Whether the weight gradient of conv at x takes the Winograd path (see eligible)."""
-    r, p = conv.kernel_size[0], conv.padding[0]
-    tiles = x.shape[0] * math.prod(-(-(s + 2 * p - r + 1) // TILE) for s in x.shape[-2:])
-    return eligible(conv, x, everywhere) and (everywhere or tiles >= AUTO_MIN_WEIGHT_GRAD_TILES)
+    if not eligible(conv, x, everywhere):
+        return False
+    tiles = math.prod(tiling(x.shape[-2:], conv.kernel_size[0], conv.padding[0], TILE)[1])
+    return everywhere or x.shape[0] * tiles >= AUTO_MIN_WEIGHT_GRAD_TILES
 
 
 class WinogradConvs:
@@ -349,8 +354,8 @@ class WinogradConvs:
         """Batch slices small enough that a slice's tiles stay in cache: at most CHUNK_BYTES of
         tiles per buffer, or the transformed weight's size when that is larger (each slice
         reads the whole weight once, so smaller slices stop paying there)."""
-        r, p = conv.kernel_size[0], conv.padding[0]
-        tiles = math.prod(-(-(s + 2 * p - r + 1) // TILE) for s in in_hw)
+        r = conv.kernel_size[0]
+        tiles = math.prod(tiling(in_hw, r, conv.padding[0], TILE)[1])
         per_sample = tiles * (TILE + r - 1) ** 2 * max(conv.in_channels, conv.out_channels)
         size = max(1, max(CHUNK_BYTES, u.numel() * u.element_size())
                    // (per_sample * u.element_size()))
@@ -359,12 +364,12 @@ class WinogradConvs:
     def forward(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         """conv(x), bias included."""
         u = self._weight(conv)
-        b, (h, w) = x.shape[0], x.shape[-2:]
-        r, p = conv.kernel_size[0], conv.padding[0]
-        out = x.new_empty(b, h + 2 * p - r + 1, w + 2 * p - r + 1, conv.out_channels)
-        for part in self._chunks(conv, b, (h, w), u):
+        b, hw = x.shape[0], tuple(x.shape[-2:])
+        out_hw = tiling(hw, conv.kernel_size[0], conv.padding[0], TILE)[0]
+        out = x.new_empty(b, *out_hw, conv.out_channels)
+        for part in self._chunks(conv, b, hw, u):
             xs = x[part]
-            self._plan(conv, xs.shape[0], (h, w), x.dtype, x.device).forward(xs, u, out[part])
+            self._plan(conv, xs.shape[0], hw, x.dtype, x.device).forward(xs, u, out[part])
         if conv.bias is not None:
             out.add_(conv.bias)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
