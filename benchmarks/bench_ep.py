@@ -27,7 +27,7 @@ The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D 
 the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The
 epoch row trains one epoch of main_fast.py's no-flag configuration on the digits with each.
 
-    python -m benchmarks.bench_ep [--quick] [--threads N]
+    python -m benchmarks.bench_ep [--quick] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ CONFIGS = {
     "MNIST-size CNN 1-32-64 k5": ((1, 28, 28), [32, 64], 5, 0, 64),
     "CIFAR-size CNN 3-128-256-512-512 k3": ((3, 32, 32), [128, 256, 512, 512], 3, 1, 16),
 }
+# On a GPU the CIFAR-size CNN runs at the batch its target names (128).
+GPU_BATCH = {"CIFAR-size CNN 3-128-256-512-512 k3": 128}
 
 # The LCA-RCNN of run/*_quick.sh on 32x32 colour images (codes 64x16x16).
 LCACNN_FLAGS = ["--model", "LCACNN", "--channels", "32", "64", "--kernels", "3", "3",
@@ -165,18 +167,21 @@ def check_same_grads(net: EnergyNet, ref: EnergyNet, x, y, phases: Phases) -> No
 
 
 # ------------------------------------------------------------------------------- rows
-def minibatch_rows(quick: bool) -> list[Row]:
+def minibatch_rows(quick: bool, device: str = "cpu") -> list[Row]:
     phases = Phases(T1=4 if quick else 20, T2=2 if quick else 4, betas=(0.0, 0.5), thirdphase=True)
     unit = f"minibatch (T1={phases.T1}, 2x T2={phases.T2})"
     rows = []
     for name, (in_shape, channels, kernel, padding, batch) in CONFIGS.items():
+        if device != "cpu":
+            batch = GPU_BATCH.get(name, batch)
         torch.manual_seed(0)
-        net = build(in_shape, channels, kernel, padding)
+        net = build(in_shape, channels, kernel, padding).to(device)
         ref = reference_net(net)
-        x, y = torch.rand(batch, *in_shape), torch.randint(0, 10, (batch,))
+        x = torch.rand(batch, *in_shape, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
 
         def ours_bf16():
-            with precision_context("bf16", "cpu"):
+            with precision_context("bf16", device):
                 ep_grads(_stepped(net), x, y, phases)
 
         direct = copy.deepcopy(net)
@@ -191,8 +196,8 @@ def minibatch_rows(quick: bool) -> list[Row]:
 
         t_ours, t_ref = time_pair(lambda: ep_grads(_stepped(net), x, y, phases),
                                   lambda: reference_ep(_stepped(ref), x, y, phases),
-                                  repeat=2 if quick else 3)
-        t_bf16 = time_fn(ours_bf16, repeat=2 if quick else 3)
+                                  repeat=2 if quick else 3, device=device)
+        t_bf16 = time_fn(ours_bf16, repeat=2 if quick else 3, device=device)
         flops = minibatch_flops(net, batch, phases)
         rows.append(Row(name=f"EP minibatch, {name}, batch {batch}", unit=unit, ours_s=t_ours,
                         ref_s=t_ref, ref_name="autograd of Phi per step, fp32", flops=flops,
@@ -255,15 +260,16 @@ class _GramCodedLCACNN(LCA_CNN):
         return gram(standardise(x), coder.lca_iters)
 
 
-def lcacnn_row(quick: bool) -> Row:
+def lcacnn_row(quick: bool, device: str = "cpu") -> Row:
     args = parse_args(LCACNN_FLAGS + ["--lca_iters", "20" if quick else "100"])
     batch, phases = 8 if quick else 32, Phases(4 if quick else 20, 2 if quick else 5, (0.0, 0.5),
                                                 thirdphase=True)
     torch.manual_seed(0)
-    net = build_lca_cnn(args, (3, 32, 32)).eval()  # eval: no Hebbian dictionary step
+    net = build_lca_cnn(args, (3, 32, 32)).eval().to(device)  # eval: no Hebbian dictionary step
     ref = reference_net(net)
     ref.__class__ = _GramCodedLCACNN  # the same modules and weights, only the solver differs
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     def reference():
         ref.input_drive(x)  # the code, once per minibatch; Phi reuses it at every step
         reference_ep(ref, x, y, phases)
@@ -274,7 +280,7 @@ def lcacnn_row(quick: bool) -> Row:
     # atoms in ours, zero-pads the image in the reference), so the gradients agree closely only.
     cos = _cosine(_grads(net), _grads(ref))
     t_ours, t_ref = time_pair(lambda: ep_grads(_stepped(net), x, y, phases),
-                              reference, repeat=1 if quick else 3)
+                              reference, repeat=1 if quick else 3, device=device)
     return Row(name=f"LCACNN minibatch (LCA 64x9x9 s2 -> CNN 32-64), 32x32 RGB, batch {batch}",
                unit=f"minibatch ({args.lca_iters} LCA iterations, T1={phases.T1}, "
                     f"2x T2={phases.T2})",
@@ -345,7 +351,11 @@ def peak_memory_rows(t1_values=(50, 500)) -> list[Row]:
                 extra={f"peak RSS T1={t}": f"{peaks[t][0]:.0f} MiB" for t in t1_values})]
 
 
-def collect(quick: bool = False) -> list[Row]:
+def collect(quick: bool = False, device: str = "cpu") -> list[Row]:
+    """All rows on the CPU; on a GPU the minibatch rows (EP and LCACNN): the step rows time
+    the CPU's convolution algorithms, and the epoch and memory rows are CPU measurements."""
+    if device != "cpu":
+        return minibatch_rows(quick, device) + [lcacnn_row(quick, device)]
     rows = step_rows(quick) + minibatch_rows(quick) + [lcacnn_row(quick), epoch_row(quick)]
     return rows + peak_memory_rows((20, 200) if quick else (50, 500))
 

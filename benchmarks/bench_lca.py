@@ -15,7 +15,7 @@ input gives the reference's codes, and times both our variants.
 Time to energy: iterations and seconds to come within 0.1% of the optimal energy (found by a long
 FISTA run) for solver='lca' with tau=100 (LCA-PyTorch's default) and for solver='fista'.
 
-    python -m benchmarks.bench_lca [--quick] [--threads N]
+    python -m benchmarks.bench_lca [--quick] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class GramLCA:
     def gram(self) -> torch.Tensor:
         w = self.w
         g = F.conv2d(w, w, stride=self.stride, padding=self.reach * self.stride)
-        idx = torch.arange(w.shape[0])
+        idx = torch.arange(w.shape[0], device=w.device)
         g[idx, idx, self.reach, self.reach] -= 1.0
         return g.contiguous(memory_format=torch.channels_last)
 
@@ -70,13 +70,13 @@ class GramLCA:
         return a.contiguous()
 
 
-def image_batch(batch: int, seed: int = 0) -> torch.Tensor:
+def image_batch(batch: int, seed: int = 0, device="cpu") -> torch.Tensor:
     """Real photograph crops (scikit-image), standardised per image like the layer's default."""
     x = natural_image_patches(SIZE, batch, seed=seed, gray=False)
-    return make_unit_var(make_zero_mean(x))
+    return make_unit_var(make_zero_mean(x)).to(device)
 
 
-def make_layer(**kwargs) -> LCAConv2D:
+def make_layer(device="cpu", **kwargs) -> LCAConv2D:
     torch.manual_seed(0)
     settings = {
         "out_neurons": FEATURES,
@@ -88,7 +88,7 @@ def make_layer(**kwargs) -> LCAConv2D:
         "input_zero_mean": False,
         "input_unit_var": False,
     }
-    return LCAConv2D(**{**settings, **kwargs})
+    return LCAConv2D(**{**settings, **kwargs}).to(device)
 
 
 def conv_flops(batch: int, code: int) -> tuple[float, float]:
@@ -101,11 +101,11 @@ def conv_flops(batch: int, code: int) -> tuple[float, float]:
     return float(ours), float(ref)
 
 
-def iteration_rows(iters: int, repeat: int, batch: int) -> list[Row]:
-    x = image_batch(batch)
+def iteration_rows(iters: int, repeat: int, batch: int, device="cpu") -> list[Row]:
+    x = image_batch(batch, device=device)
     pad = KERNEL // 2
-    same = make_layer(lca_iters=iters, pad="same")
-    valid = make_layer(lca_iters=iters, pad="valid")
+    same = make_layer(device, lca_iters=iters, pad="same")
+    valid = make_layer(device, lca_iters=iters, pad="valid")
     ref = GramLCA(same.weights.detach(), STRIDE, LAMBDA, 100.0)
     x_padded = F.pad(x, (pad,) * 4)
 
@@ -129,7 +129,8 @@ def iteration_rows(iters: int, repeat: int, batch: int) -> list[Row]:
     for name, layer, inp, note in variants:
         with torch.no_grad():
             t_ours, t_ref = time_pair(
-                partial(layer, inp), partial(ref, x, iters), repeat=repeat, warmup=0
+                partial(layer, inp), partial(ref, x, iters), repeat=repeat, warmup=0,
+                device=device,
             )
         rows.append(
             Row(
@@ -155,26 +156,27 @@ def first_within(trace: torch.Tensor, target: float) -> int:
     return int(hits[0]) + 1 if len(hits) else -1
 
 
-def time_to_energy_rows(batch: int, lca_budget: int, repeat: int) -> list[Row]:
-    x = image_batch(batch, seed=1)
+def time_to_energy_rows(batch: int, lca_budget: int, repeat: int, device="cpu") -> list[Row]:
+    x = image_batch(batch, seed=1, device=device)
     with torch.no_grad():
-        best = make_layer(solver="fista", lca_iters=3000, track_metrics=True)
+        best = make_layer(device, solver="fista", lca_iters=3000, track_metrics=True)
         best(x)
         optimum = float(best.metrics["TotalEnergy"].min())
         target = optimum * (1 + 1e-3)
         traces = {}
         for solver, budget in (("lca", lca_budget), ("fista", 1000)):
-            layer = make_layer(solver=solver, lca_iters=budget, track_metrics=True)
+            layer = make_layer(device, solver=solver, lca_iters=budget, track_metrics=True)
             layer(x)
             traces[solver] = layer.metrics["TotalEnergy"]
             optimum = min(optimum, float(traces[solver].min()))
     n_lca, n_fista = first_within(traces["lca"], target), first_within(traces["fista"], target)
     if n_lca < 0 or n_fista < 0:
         raise AssertionError(f"no solver reached 0.1% of the optimum: lca {n_lca}, fista {n_fista}")
-    lca = make_layer(solver="lca", lca_iters=n_lca)
-    fista = make_layer(solver="fista", lca_iters=n_fista)
+    lca = make_layer(device, solver="lca", lca_iters=n_lca)
+    fista = make_layer(device, solver="fista", lca_iters=n_fista)
     with torch.no_grad():
-        t_fista, t_lca = time_pair(lambda: fista(x), lambda: lca(x), repeat=repeat, warmup=0)
+        t_fista, t_lca = time_pair(lambda: fista(x), lambda: lca(x), repeat=repeat, warmup=0,
+                                   device=device)
     return [
         Row(
             name="time to 0.1% of the optimal energy: fista vs lca (tau=100)",
@@ -187,13 +189,13 @@ def time_to_energy_rows(batch: int, lca_budget: int, repeat: int) -> list[Row]:
     ]
 
 
-def collect(quick: bool = False) -> list[Row]:
+def collect(quick: bool = False, device: str = "cpu") -> list[Row]:
     """Benchmark rows; quick mode (well under a minute) uses fewer images and iterations."""
     if quick:
-        rows = iteration_rows(iters=20, repeat=2, batch=8)
-        return rows + time_to_energy_rows(batch=2, lca_budget=4000, repeat=1)
-    rows = iteration_rows(iters=600, repeat=3, batch=BATCH)
-    return rows + time_to_energy_rows(batch=8, lca_budget=6000, repeat=3)
+        rows = iteration_rows(iters=20, repeat=2, batch=8, device=device)
+        return rows + time_to_energy_rows(batch=2, lca_budget=4000, repeat=1, device=device)
+    rows = iteration_rows(iters=600, repeat=3, batch=BATCH, device=device)
+    return rows + time_to_energy_rows(batch=8, lca_budget=6000, repeat=3, device=device)
 
 
 if __name__ == "__main__":

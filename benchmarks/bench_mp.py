@@ -115,9 +115,8 @@ def check_same(x: torch.Tensor, d: torch.Tensor, k: int) -> dict:
     return {"same_support": f"{same_support:.3f}", "grad_rel_diff": f"{grad_err:.1e}"}
 
 
-def collect(quick: bool = False, device: str | None = None) -> list[Row]:
+def collect(quick: bool = False, device: str = "cpu") -> list[Row]:
     """Rows: MP forward+backward and forward-only, ours vs one-hot, with graph memory."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quick:
         batch, dim, n_atoms, k, repeat = 128, 256, 1024, 8, 3
     else:
@@ -171,4 +170,4 @@ def collect(quick: bool = False, device: str | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
-    bench_main(__doc__, collect, with_device=True)
+    bench_main(__doc__, collect)

@@ -7,15 +7,26 @@ interleaved, and reports the ratio: absolute times on shared machines are noisy,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_devices(devices) -> None:
+    """Fail before any timing when a requested device is not here."""
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("cuda was requested, but no CUDA device is available here "
+                         "(accepted here: cpu)")
 
 
 def sync(device: torch.device | str) -> None:
@@ -63,19 +74,26 @@ def _gflops(fn: Callable[[], object], flops: float, device) -> float:
     return flops / time_fn(fn, repeat=5, warmup=2, device=device) / 1e9
 
 
-def measure_peaks(device="cpu", n: int = 2048) -> dict[str, float]:
-    """Measured compute roofs (GFLOP/s) of this device, per precision: a 2048^3 matmul (the BLAS
+def peak_problem(device) -> tuple[int, int]:
+    """(n, batch) of the roof measurements: a n^3 matmul and a batch of CIFAR-size 3x3
+    convolutions, larger on a GPU so that launch overheads do not count."""
+    return (8192, 128) if torch.device(device).type == "cuda" else (2048, 16)
+
+
+def measure_peaks(device="cpu") -> dict[str, float]:
+    """Measured compute roofs (GFLOP/s) of this device, per precision: a square matmul (the BLAS
     GEMM) and a 3x3 convolution of CIFAR-size layer shape (oneDNN/cuDNN's direct kernels, which
     on some CPUs outrun the BLAS GEMM). Keys: 'fp32 GEMM', 'fp32 conv', 'bf16 GEMM', 'bf16 conv'."""
+    n, batch = peak_problem(device)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         peaks[f"{name} GEMM"] = _gflops(lambda: a @ b, 2.0 * n**3, device)
-        x = torch.randn(16, 256, 16, 16, device=device, dtype=dtype)
+        x = torch.randn(batch, 256, 16, 16, device=device, dtype=dtype)
         w = torch.randn(512, 256, 3, 3, device=device, dtype=dtype)
         x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
-        conv_flops = 2.0 * 16 * 512 * 256 * 9 * 16 * 16
+        conv_flops = 2.0 * batch * 512 * 256 * 9 * 16 * 16
         peaks[f"{name} conv"] = _gflops(lambda: F.conv2d(x, w, padding=1), conv_flops, device)
     return peaks
 
@@ -108,9 +126,13 @@ def cpu_model(default: str | None = None) -> str:
     return default or platform.processor() or platform.machine()
 
 
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+
+
 def machine_line() -> str:
     """CPU, threads, GPU, torch and python versions: the header of every benchmark output."""
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    dev = gpu_name()
     return (f"{cpu_model()}, {torch.get_num_threads()} torch threads; {dev}; "
             f"torch {torch.__version__}; python {platform.python_version()}")
 
@@ -160,20 +182,37 @@ def format_rows(rows: list[Row], peaks: dict[str, float] | None = None) -> str:
     return "\n".join(lines)
 
 
-def bench_main(doc: str, collect: Callable[..., list[Row]], with_device: bool = False) -> None:
-    """The command line shared by the benchmark scripts: --quick, --threads (and --device)."""
+@contextlib.contextmanager
+def exact_fp32(device) -> Iterator[None]:
+    """On CUDA, fp32 matmuls and convolutions in true fp32 (no TF32, which cuDNN would use by
+    default on Ampere and newer): ours and the references then compute to the same precision,
+    and the fp32 peak is the fp32 one. A no-op on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def bench_main(doc: str, collect: Callable[..., list[Row]]) -> None:
+    """The command line shared by the benchmark scripts: --quick, --threads and --device."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and repeats (minutes)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    if with_device:
-        parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = {"device": args.device} if with_device else {}
-    device = kwargs.get("device") or ("cuda" if with_device and torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_devices([device])
     t0 = time.perf_counter()
-    rows, peaks = measured_around(lambda: collect(quick=args.quick, **kwargs), device)
-    print(f"{machine_line()}\npeaks: {describe_peaks(peaks)}\n")
+    with exact_fp32(device):
+        rows, peaks = measured_around(lambda: collect(quick=args.quick, device=device), device)
+    print(f"{machine_line()}\npeaks ({device}): {describe_peaks(peaks)}\n")
     print(format_rows(rows, peaks))
     print(f"\n({time.perf_counter() - t0:.0f} s)")

@@ -32,3 +32,37 @@ def test_percent_of_peak_uses_the_roof_of_the_row_precision():
     table = format_rows(rows, peaks).splitlines()
     assert "| 3.00x | 50.0 | 50% |" in table[2]
     assert "| - | 100.0 | 25% |" in table[3]
+
+
+def test_gpu_section_names_the_device_and_keeps_every_suite_table():
+    from benchmarks.common import gpu_name
+    from benchmarks.run import device_sections
+
+    peaks = {"fp32 GEMM": 100.0, "fp32 conv": 50.0, "bf16 GEMM": 400.0, "bf16 conv": 200.0}
+    doc = ["LCA sparse coding: ours against the Gram reference.", "How it is measured.", "cmd"]
+    rows = [Row("LCA iteration", "iteration", ours_s=0.5, ref_s=2.0, flops=25e9)]
+    gpu = "\n".join(device_sections("cuda", [(doc, rows)], peaks))
+    assert f"## GPU: {gpu_name()}" in gpu
+    assert "### LCA sparse coding: ours against the Gram reference." in gpu
+    assert "| LCA iteration | iteration | 500.00 ms | 2000.00 ms () | 4.00x | 50.0 | 50% |" in gpu
+    assert "8192^3 matmul" in gpu and "TF32 off" in gpu
+    cpu = "\n".join(device_sections("cpu", [(doc, rows)], peaks))
+    assert "## LCA sparse coding" in cpu and "How it is measured." in cpu and "GPU" not in cpu
+
+
+@pytest.mark.slow
+def test_run_writes_the_cpu_tables_and_refuses_a_missing_gpu_before_any_work(tmp_path, monkeypatch):
+    import benchmarks.run as run
+
+    out = tmp_path / "B.md"
+    monkeypatch.setattr("sys.argv", ["run", "--quick", "--only", "bench_mp", "--out", str(out)])
+    run.main()
+    text = out.read_text()
+    assert "## Matching pursuit encode" in text and "| MP encode fwd+bwd" in text
+    assert "Measured peaks on cpu: fp32 GEMM" in text
+    if not torch.cuda.is_available():
+        missing = tmp_path / "C.md"
+        monkeypatch.setattr("sys.argv", ["run", "--devices", "cuda", "--out", str(missing)])
+        with pytest.raises(SystemExit, match="no CUDA device is available"):
+            run.main()
+        assert not missing.exists()
