@@ -33,15 +33,20 @@ def step(
     states: list[torch.Tensor],
     beta: float = 0.0,
     y: torch.Tensor | None = None,
+    memo: dict | None = None,
 ) -> list[torch.Tensor]:
     """One update of all layers (closed form), in the sweeps of ``net.update_order``.
 
     New states keep the dtype of the old ones: under bf16 autocast the convolutions run in bf16
     while the states stay in fp32, so rounding errors do not accumulate over the relaxation.
+    `memo` (see ``relax``) carries pooled convolutions over from earlier steps.
     """
     new = list(states)
-    for layers in update_sweeps(net, len(states)):
-        grads = net.phi_grad_states(drive, new, beta, y, set(layers))
+    sweeps = update_sweeps(net, len(states))
+    if memo is None and len(sweeps) > 1:
+        memo = {}  # the later sweeps find the convolutions of the layers they leave unchanged
+    for layers in sweeps:
+        grads = net.phi_grad_states(drive, new, beta, y, set(layers), memo)
         for i in layers:
             new[i] = net.act(grads[i]).to(states[i].dtype)
     return new
@@ -59,9 +64,15 @@ def relax(
 
     Runs under the caller's grad mode: call it inside ``torch.no_grad()`` for EP phases (no graph
     is kept, so memory does not grow with `steps`) and with grad enabled for BPTT.
+
+    In the alternating order a synapse is needed in both sweeps, once for each of its layers,
+    and its input layer changes in only one of them: a memo kept across the steps lets the
+    other sweep reuse the pooled convolution, so an alternating step convolves as much as a
+    synchronous one. (The synchronous order changes every layer at every step: nothing to reuse.)
     """
+    memo = {} if len(update_sweeps(net, len(states))) > 1 else None
     for _ in range(steps):
-        states = step(net, drive, states, beta, y)
+        states = step(net, drive, states, beta, y, memo)
     return states
 
 

@@ -249,12 +249,13 @@ class LCA_CNN(EnergyNet):
         beta: float | Tensor = 0.0,
         y: Tensor | None = None,
         layers: set[int] | None = None,
+        memo: dict | None = None,
     ) -> list[Tensor | None]:
         """[a + g * W_1^T Unpool(s_1), dPhi/ds_1, ...] in closed form; `drive` is the code a.
-        `layers` as in EnergyNet (None: all)."""
+        `layers` and `memo` as in EnergyNet (None: all layers; no memo)."""
         want = set(range(len(states))) if layers is None else set(layers)
-        up, down = self._conv_synapse(0, states[0], states[1], 1 in want, 0 in want)
-        rest = super().phi_grad_states(up, states[1:], beta, y, {i - 1 for i in want if i})
+        up, down = self._conv_synapse(0, states[0], states[1], 1 in want, 0 in want, memo)
+        rest = super().phi_grad_states(up, states[1:], beta, y, {i - 1 for i in want if i}, memo)
         return [drive + self.scale_feedback * down if 0 in want else None, *rest]
 
     # ----------------------------------------------------------------------------- dictionary

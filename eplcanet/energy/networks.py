@@ -251,16 +251,30 @@ class EnergyNet(nn.Module):
             return _fast_layout(self._pool(0, self.synapses[0](_fast_layout(x)))[0])
         return self.synapses[0](x.flatten(1))
 
-    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
-                      up: bool = True, down: bool = True):
-        """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1; either
-        is None when not asked for (the convolution is still needed for the max-pool indices)."""
-        conv = self.synapses[i]
+    def _pooled_conv(self, i: int, conv: nn.Conv2d, s_prev: torch.Tensor, memo: dict | None):
+        """(Pool(conv(s_prev)), its max-pool indices, conv(s_prev)'s shape) for synapse i; taken
+        from `memo` when it holds them for this very tensor, unchanged since (see
+        ``dynamics.relax``), and stored there otherwise."""
+        if memo is not None:
+            hit = memo.get(conv)
+            if hit is not None and hit[0] is s_prev and hit[1] == s_prev._version:
+                return hit[2]
         h = self._conv(conv, s_prev)
-        pooled, idx = self._pool(i, h)
+        out = (*self._pool(i, h), h.shape)
+        if memo is not None:
+            memo[conv] = (s_prev, s_prev._version, out)
+        return out
+
+    def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
+                      up: bool = True, down: bool = True, memo: dict | None = None):
+        """(bottom-up drive of s_i, top-down drive of s_prev) through conv synapse i >= 1; either
+        is None when not asked for (the convolution is still needed for the max-pool indices).
+        `memo`: see _pooled_conv."""
+        conv = self.synapses[i]
+        pooled, idx, h_shape = self._pooled_conv(i, conv, s_prev, memo)
         top_down = None
         if down:
-            top_down = self._conv_t(self._unpool(i, s_i, idx, h.shape), conv, s_prev.shape[-2:])
+            top_down = self._conv_t(self._unpool(i, s_i, idx, h_shape), conv, s_prev.shape[-2:])
         return (pooled if up else None), top_down
 
     def _fc_feedback_weight(self, i: int) -> torch.Tensor:
@@ -328,13 +342,16 @@ class EnergyNet(nn.Module):
         beta: float | torch.Tensor = 0.0,
         y: torch.Tensor | None = None,
         layers: set[int] | None = None,
+        memo: dict | None = None,
     ) -> list[torch.Tensor | None]:
         """dPhi/ds_i for every layer, in closed form; `drive` is ``input_drive(x)``.
 
         beta may be a (batch,) tensor: one nudging strength per sample (the +beta and -beta
         phases then run as one batch). `layers`: the layers whose gradient is wanted (None: all);
         the others come back as None and only the synapses the wanted ones need are evaluated
-        (the alternating update order updates even, then odd layers).
+        (the alternating update order updates even, then odd layers). `memo`: a dict kept
+        across calls, in which the pooled convolutions of states that have not changed since
+        are found again (the alternating order needs each twice).
         """
         n = len(states)
         want = set(range(n)) if layers is None else set(layers)
@@ -346,7 +363,8 @@ class EnergyNet(nn.Module):
                 continue
             s_prev = states[i - 1]
             if i < self.n_conv:
-                ups[i], downs[i - 1] = self._conv_synapse(i, s_prev, states[i], need_up, need_down)
+                ups[i], downs[i - 1] = self._conv_synapse(i, s_prev, states[i], need_up, need_down,
+                                                          memo)
                 continue
             if need_up:
                 ups[i] = self.synapses[i](s_prev.flatten(1))
@@ -477,14 +495,13 @@ class VF_CNN(EnergyNet):
         self.feedback.to(memory_format=torch.channels_last)
 
     def _conv_synapse(self, i: int, s_prev: torch.Tensor, s_i: torch.Tensor,
-                      up: bool = True, down: bool = True):
+                      up: bool = True, down: bool = True, memo: dict | None = None):
         conv, fb = self.synapses[i], self.feedback[i]
-        pooled = self._pool(i, self._conv(conv, s_prev))[0] if up else None
+        pooled = self._pooled_conv(i, conv, s_prev, memo)[0] if up else None
         top_down = None
         if down:
-            h_b = self._conv(fb, s_prev)
-            _, idx = self._pool(i, h_b)
-            top_down = self._conv_t(self._unpool(i, s_i, idx, h_b.shape), fb, s_prev.shape[-2:])
+            _, idx, h_shape = self._pooled_conv(i, fb, s_prev, memo)
+            top_down = self._conv_t(self._unpool(i, s_i, idx, h_shape), fb, s_prev.shape[-2:])
         return pooled, top_down
 
     def _fc_feedback_weight(self, i: int) -> torch.Tensor:
