@@ -21,7 +21,8 @@ direct convolutions' arithmetic: with Winograd, which does fewer multiply-adds, 
 effective throughput and can exceed the measured roof.
 
 The alternate rows time one step of the optional --updates alternate order (even layers, then odd
-layers) against our synchronous step: dearer per step, it needs about half the steps.
+layers, reusing the convolutions of the layers a half-step leaves unchanged) against our
+synchronous step, over 5-step relaxations: it needs about half the steps.
 
 The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D (residual form),
 the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The

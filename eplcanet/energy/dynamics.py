@@ -4,8 +4,8 @@ By default every layer is updated synchronously, s_i <- sigma(dPhi/ds_i(s)), fro
 the previous step. With ``net.update_order = 'alternate'`` a step first updates the even layers,
 then the odd layers from the new even ones (each layer's gradient depends only on its
 neighbours, so this is an exact block Gauss-Seidel sweep): it reaches the same fixed points in
-about half the steps, at 1.3-1.5 times the cost of a step. It changes the dynamics (and so what
-BPTT differentiates and the GDU comparison), hence it is off by default.
+about half the steps, each about as dear as a synchronous one (see ``relax``). It changes the
+dynamics (and so what BPTT differentiates and the GDU comparison), hence it is off by default.
 
 ``relax`` uses the network's closed-form dPhi/ds and the input drive computed once;
 ``relax_autograd`` is the plain reference formulation (autograd of Phi at every step) kept for
