@@ -4,6 +4,8 @@
                              [--devices cpu cuda]
 
 On a machine with a CUDA GPU the suites also run there, in a GPU section naming the device.
+The sections of a device that is not run are kept from the existing file: the CPU tables of a
+2-core machine and the GPU section of a GPU node (`--devices cuda`) can live in one BENCHMARKS.md.
 
 Each row times our implementation and a reference formulation in the same run (interleaved) and
 reports the ratio; GFLOP/s are compared with this machine's GEMM throughput measured in the same
@@ -66,15 +68,20 @@ def peaks_text(device: str, peaks: dict[str, float]) -> list[str]:
     ]
 
 
+GPU_HEADING = "## GPU: "
+DATA_PARALLEL_HEADING = "## Data-parallel throughput"
+
+
 def device_sections(device: str, sections, peaks: dict[str, float]) -> list[str]:
     """Markdown for one device: the CPU's sections carry each suite's full description, the
     GPU's a heading naming the device and one table per suite (same rows and references)."""
     lines: list[str] = []
     if device == "cuda":
-        lines += ["", f"## GPU: {gpu_name()}", "",
-                  "The same references and checks as the CPU sections above, on the GPU. "
+        lines += ["", "The same references and checks as the CPU sections above, on the GPU. "
                   "fp32 rows run in true fp32 (TF32 off for ours, the references and the peak).",
                   "", *peaks_text(device, peaks)]
+    else:
+        lines += ["", *peaks_text(device, peaks)]
     for doc, rows in sections:
         if device == "cuda":
             lines += ["", f"### {doc[0].strip()}", "", format_rows(rows, peaks)]
@@ -84,6 +91,25 @@ def device_sections(device: str, sections, peaks: dict[str, float]) -> list[str]
     return lines
 
 
+def split_gpu_section(text: str) -> tuple[list[str], list[str]]:
+    """(the lines outside the GPU section, the GPU section's lines) of a BENCHMARKS.md."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(GPU_HEADING)), None)
+    if start is None:
+        return lines, []
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
+               len(lines))
+    return lines[:start] + lines[end:], lines[start:end]
+
+
+def merge_sections(cpu: list[str], gpu: list[str]) -> str:
+    """The document: the CPU part with the GPU section before the data-parallel one (or last)."""
+    at = next((i for i, line in enumerate(cpu) if line.startswith(DATA_PARALLEL_HEADING)),
+              len(cpu))
+    gpu = gpu + [""] if gpu and at < len(cpu) else gpu
+    return "\n".join(cpu[:at] + gpu + cpu[at:]).strip() + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller repeats (minutes)")
@@ -91,7 +117,8 @@ def main() -> None:
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file to write")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
     parser.add_argument("--devices", nargs="+", choices=DEVICES, default=None,
-                        help="where to run the suites (default: cpu, and cuda if available)")
+                        help="where to run the suites (default: cpu, and cuda if available); "
+                             "the sections of a device not run are kept from --out")
     args = parser.parse_args()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     check_devices(devices)
@@ -103,25 +130,23 @@ def main() -> None:
                      f" --threads {args.threads}" if args.threads else "",
                      f" --devices {' '.join(args.devices)}" if args.devices else "",
                      f" --only {' '.join(args.only)}" if args.only != list(SUITES) else ""])
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `python -m benchmarks.run{flags}` on {datetime.date.today().isoformat()}.",
-        "",
-        f"Machine: {machine_line()}.",
-    ]
-    for device, (sections, peaks) in results.items():
-        if device == "cpu":
-            lines += ["", *peaks_text(device, peaks)]
-        lines += device_sections(device, sections, peaks)
-    # The data-parallel table needs several processes and minutes; its own script writes it.
-    if DISTRIBUTED.is_file() and "cpu" in devices:
-        lines += ["", "## Data-parallel throughput (1 vs 2 processes)", "",
-                  f"Copied from [{DISTRIBUTED}]({DISTRIBUTED}), which "
-                  "`python benchmarks/bench_distributed.py` writes (its own date and command):", "",
-                  DISTRIBUTED.read_text().split("\n", 1)[1].strip()]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    written = f"Written by `python -m benchmarks.run{flags}` on {datetime.date.today().isoformat()}"
+    out = Path(args.out)
+    cpu, gpu = split_gpu_section(out.read_text()) if out.is_file() else (["# Benchmarks"], [])
+    if "cpu" in results:
+        cpu = ["# Benchmarks", "", f"{written}.", "", f"Machine: {machine_line()}.",
+               *device_sections("cpu", *results["cpu"])]
+        # The data-parallel table needs several processes and minutes; its own script writes it.
+        if DISTRIBUTED.is_file():
+            cpu += ["", f"{DATA_PARALLEL_HEADING} (1 vs 2 processes)", "",
+                    f"Copied from [{DISTRIBUTED}]({DISTRIBUTED}), which "
+                    "`python benchmarks/bench_distributed.py` writes (its own date and command):",
+                    "", DISTRIBUTED.read_text().split("\n", 1)[1].strip()]
+    if "cuda" in results:
+        gpu = [f"{GPU_HEADING}{gpu_name()}", "", f"{written}, machine: {machine_line()}.",
+               *device_sections("cuda", *results["cuda"])]
+    out.write_text(merge_sections(cpu, gpu))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -34,32 +34,47 @@ def test_percent_of_peak_uses_the_roof_of_the_row_precision():
     assert "| - | 100.0 | 25% |" in table[3]
 
 
-def test_gpu_section_names_the_device_and_keeps_every_suite_table():
-    from benchmarks.common import gpu_name
+def test_gpu_section_keeps_every_suite_table_with_the_gpu_peaks():
     from benchmarks.run import device_sections
 
     peaks = {"fp32 GEMM": 100.0, "fp32 conv": 50.0, "bf16 GEMM": 400.0, "bf16 conv": 200.0}
     doc = ["LCA sparse coding: ours against the Gram reference.", "How it is measured.", "cmd"]
     rows = [Row("LCA iteration", "iteration", ours_s=0.5, ref_s=2.0, flops=25e9)]
     gpu = "\n".join(device_sections("cuda", [(doc, rows)], peaks))
-    assert f"## GPU: {gpu_name()}" in gpu
     assert "### LCA sparse coding: ours against the Gram reference." in gpu
     assert "| LCA iteration | iteration | 500.00 ms | 2000.00 ms () | 4.00x | 50.0 | 50% |" in gpu
-    assert "8192^3 matmul" in gpu and "TF32 off" in gpu
+    assert "8192^3 matmul" in gpu and "TF32 off" in gpu and "How it is measured." not in gpu
     cpu = "\n".join(device_sections("cpu", [(doc, rows)], peaks))
-    assert "## LCA sparse coding" in cpu and "How it is measured." in cpu and "GPU" not in cpu
+    assert "\n## LCA sparse coding" in cpu and "How it is measured." in cpu
+    assert "2048^3 matmul" in cpu and "GPU" not in cpu
+
+
+def test_gpu_section_goes_before_the_data_parallel_one_and_splits_back_out():
+    from benchmarks.run import merge_sections, split_gpu_section
+
+    cpu = ["# Benchmarks", "", "## LCA", "", "| t |", "", "## Data-parallel throughput (1 vs 2)",
+           "", "| d |"]
+    gpu = ["## GPU: H200", "", "### LCA", "", "| g |"]
+    text = merge_sections(cpu, gpu)
+    assert text.index("## GPU: H200") < text.index("## Data-parallel") and "| d |" in text
+    assert split_gpu_section(text) == (cpu, gpu + [""])
+    assert split_gpu_section(merge_sections(cpu, [])) == (cpu, [])
+    assert merge_sections(cpu[:5], gpu).rstrip().endswith("| g |")
 
 
 @pytest.mark.slow
-def test_run_writes_the_cpu_tables_and_refuses_a_missing_gpu_before_any_work(tmp_path, monkeypatch):
+def test_run_writes_the_cpu_tables_keeps_a_gpu_section_and_refuses_a_missing_gpu(tmp_path,
+                                                                                   monkeypatch):
     import benchmarks.run as run
 
     out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\n## old CPU table\n\n## GPU: H200\n\n### LCA\n\n| kept |\n")
     monkeypatch.setattr("sys.argv", ["run", "--quick", "--only", "bench_mp", "--out", str(out)])
     run.main()
     text = out.read_text()
     assert "## Matching pursuit encode" in text and "| MP encode fwd+bwd" in text
-    assert "Measured peaks on cpu: fp32 GEMM" in text
+    assert "Measured peaks on cpu: fp32 GEMM" in text and "old CPU table" not in text
+    assert "## GPU: H200\n\n### LCA\n\n| kept |" in text  # a device not run keeps its section
     if not torch.cuda.is_available():
         missing = tmp_path / "C.md"
         monkeypatch.setattr("sys.argv", ["run", "--devices", "cuda", "--out", str(missing)])
