@@ -7,16 +7,17 @@ interleaved, and reports the ratio: absolute times on shared machines are noisy,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from eplcanet.train import set_matmul_precision
 
 
 DEVICES = ("cpu", "cuda")
@@ -182,22 +183,6 @@ def format_rows(rows: list[Row], peaks: dict[str, float] | None = None) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def exact_fp32(device) -> Iterator[None]:
-    """On CUDA, fp32 matmuls and convolutions in true fp32 (no TF32, which cuDNN would use by
-    default on Ampere and newer): ours and the references then compute to the same precision,
-    and the fp32 peak is the fp32 one. A no-op on the CPU."""
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def bench_main(doc: str, collect: Callable[..., list[Row]]) -> None:
     """The command line shared by the benchmark scripts: --quick, --threads and --device."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
@@ -210,9 +195,9 @@ def bench_main(doc: str, collect: Callable[..., list[Row]]) -> None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_devices([device])
+    set_matmul_precision("fp32", device)  # true fp32 on CUDA too: no TF32 in ours or the references
     t0 = time.perf_counter()
-    with exact_fp32(device):
-        rows, peaks = measured_around(lambda: collect(quick=args.quick, device=device), device)
+    rows, peaks = measured_around(lambda: collect(quick=args.quick, device=device), device)
     print(f"{machine_line()}\npeaks ({device}): {describe_peaks(peaks)}\n")
     print(format_rows(rows, peaks))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
