@@ -30,6 +30,14 @@ def check_devices(devices) -> None:
                          "(accepted here: cpu)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type for --threads: a count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -187,7 +195,7 @@ def bench_main(doc: str, collect: Callable[..., list[Row]]) -> None:
     """The command line shared by the benchmark scripts: --quick, --threads and --device."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and repeats (minutes)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args()

@@ -34,6 +34,7 @@ from benchmarks.common import (
     machine_line,
     measured_around,
     peak_problem,
+    positive_int,
 )
 from eplcanet.train import set_matmul_precision
 
@@ -113,7 +114,7 @@ def merge_sections(cpu: list[str], gpu: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller repeats (minutes)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file to write")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
     parser.add_argument("--devices", nargs="+", choices=DEVICES, default=None,

@@ -81,3 +81,12 @@ def test_run_writes_the_cpu_tables_keeps_a_gpu_section_and_refuses_a_missing_gpu
         with pytest.raises(SystemExit, match="no CUDA device is available"):
             run.main()
         assert not missing.exists()
+
+
+def test_thread_counts_below_one_are_refused_by_the_benchmark_commands(monkeypatch, capsys):
+    import benchmarks.run as run
+
+    monkeypatch.setattr("sys.argv", ["run", "--threads", "0"])
+    with pytest.raises(SystemExit):
+        run.main()
+    assert "--threads: must be a positive integer, got 0" in capsys.readouterr().err
