@@ -97,8 +97,10 @@ def test_eligibility():
         narrow, xn = _wide_conv(32, 64), _cl(torch.rand(2, 32, 8, 8))
         assert not eligible(narrow, xn)  # too narrow to pay, by default
         assert eligible(narrow, xn, everywhere=True)  # --conv-algo winograd
-        five = torch.nn.Conv2d(32, 64, 5)
-        assert not eligible(five, xn) and eligible(five, xn, everywhere=True)
+        five, thin_five = torch.nn.Conv2d(32, 64, 5), torch.nn.Conv2d(8, 16, 5)
+        assert eligible(five, xn)  # 5x5 pays from 32 channels on
+        x8 = _cl(torch.rand(2, 8, 8, 8))
+        assert not eligible(thin_five, x8) and eligible(thin_five, x8, everywhere=True)
         assert not eligible(torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), x)
         assert not eligible(conv, x.to(torch.bfloat16))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -195,7 +197,7 @@ def test_winograd_everywhere_runs_5x5_layers_like_the_direct_convolution():
     direct, x, y, sa, sb = _direct_twin_and_two_phases(net, 6)
     with torch.no_grad():
         assert eligible(net.synapses[1], sa[0], everywhere=True)
-        assert not eligible(net.synapses[1], sa[0])
+        assert not eligible(net.synapses[1], sa[0])  # 8 channels: too thin for 'auto'
         d = net.input_drive(x)
         for a, b in zip(net.phi_grad_states(d, sa, 0.3, y), direct.phi_grad_states(d, sa, 0.3, y)):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
+from . import native
 from .winograd import WinogradConvs, eligible, weight_grad_eligible
 
 POOLS = ("m", "a", "i")
@@ -175,16 +176,21 @@ class EnergyNet(nn.Module):
     @property
     def conv_algo(self) -> str:
         """How the relaxation steps and the update convolve. 'auto': Winograd F(4x4, r x r)
-        (``eplcanet.energy.winograd``) where it was measured to pay (stride-1 3x3 synapses with
-        128+ channels, on CPU in fp32 or fp64), the direct convolution of oneDNN / cuDNN
-        elsewhere; 'winograd': Winograd for every stride-1 3x3 and 5x5 synapse it can run;
-        'direct': never. They agree to float rounding; ``phi`` (differentiated by autograd)
-        always convolves directly."""
+        (``eplcanet.energy.winograd``) where it was measured to pay (stride-1 synapses, 3x3 with
+        128+ channels or 5x5 with 32+, on CPU in fp32 or fp64, when its C kernels could be
+        built), the direct convolution of oneDNN / cuDNN elsewhere; 'winograd': Winograd for
+        every stride-1 3x3 and 5x5 synapse it can run; 'direct': never. They agree to float
+        rounding; ``phi`` (differentiated by autograd) always convolves directly."""
         return self._conv_algo
 
     @conv_algo.setter
     def conv_algo(self, value: str) -> None:
-        self._conv_algo = _one_of(value, CONV_ALGOS, "conv algorithm")
+        value = _one_of(value, CONV_ALGOS, "conv algorithm")
+        reason = native.why_unavailable() if value == "winograd" else None
+        if reason is not None:
+            raise ValueError(f"conv algorithm 'winograd' needs the compiled tile kernels: "
+                             f"{reason}; use 'auto' or 'direct'")
+        self._conv_algo = value
 
     def _fast(self, conv: nn.Conv2d, x: torch.Tensor, test=eligible) -> bool:
         """Whether conv at x takes the Winograd path under conv_algo; `test`: eligible (the

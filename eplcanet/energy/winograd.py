@@ -4,7 +4,10 @@ A stride-1 convolution with an r x r kernel, computed on m x m output tiles F(m 
 needs n^2 = (m + r - 1)^2 multiplies per tile and channel pair instead of m^2 r^2: F(4x4, 3x3)
 does a quarter of the multiply-adds of the direct convolution, in one batched matrix product per
 tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile transforms apply
-the 1-D ones on both axes of a tile (as one Kronecker product, or axis by axis for 8x8 tiles).
+the 1-D ones on both axes of a tile; they run in small C kernels (``_tiles.c``, compiled at
+first use by ``eplcanet.energy.native``) that gather the tiles straight from the channels-last
+image, zero padding included, and scatter the results back, so the data crosses memory once per
+transform. Without a C compiler the Winograd path is unavailable and every convolution is direct.
 
 The transposed convolution (the top-down term of EP) is the exact adjoint of the same computation:
 non-overlapping output tiles go through the transposed transforms and the transposed channel
@@ -25,7 +28,8 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
+
+from . import native
 
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
 
@@ -88,7 +92,7 @@ def tiling(in_hw, r: int, padding: int, m: int) -> tuple[tuple[int, ...], tuple[
 
 
 class Workspace:
-    """Four flat tile buffers, grown on demand and shared by the plans of one network (they run
+    """Two flat tile buffers, grown on demand and shared by the plans of one network (they run
     one at a time; each holds at most a batch chunk's tiles, see WinogradConvs._chunks).
     Allocating them afresh at every step would cost page faults comparable to the arithmetic at
     these sizes."""
@@ -105,30 +109,10 @@ class Workspace:
         return buf[:numel].view(*shape)
 
 
-class _TileTransform:
-    """x -> L X L^T for every tile X (q x q) and channel: (tiles, q*q, C) -> (tiles, p*p, C).
-
-    One product with the Kronecker matrix L (x) L, or two products with L, one per axis, which do
-    pq/(p+q) times fewer multiply-adds (4x on 8x8 tiles) in two passes over the data. The
-    Kronecker form was as fast for the 6x6 tiles of 3x3 kernels, the separable one 1.6x faster for
-    the 8x8 tiles of 5x5 kernels, on the machine of docs/performance.md.
-    """
-
-    def __init__(self, mat: torch.Tensor, kw: dict) -> None:
-        self.p, self.q = mat.shape
-        self.separable = self.q >= 8
-        self.mat = mat.to(**kw).contiguous()
-        self.kron = torch.kron(mat, mat).to(**kw)
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-        if not self.separable:
-            return torch.matmul(self.kron, x, out=out)
-        t, c = x.shape[0], x.shape[-1]
-        tmp = tmp.view(t, self.p, self.q * c)
-        torch.matmul(self.mat, x.view(t, self.q, self.q * c), out=tmp)  # rows of each tile
-        torch.matmul(self.mat, tmp.view(t * self.p, self.q, c),  # then its columns
-                     out=out.view(t * self.p, self.p, c))
-        return out
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """The (batch, H, W, C) view of a 4D tensor's channels-last memory (copied into that layout
+    first if it is in another)."""
+    return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
 class WinogradPlan:
@@ -136,113 +120,77 @@ class WinogradPlan:
 
     ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u)`` is
     ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where
-    ``u = transform_weight(w, m)``; x, g and the results are channels-last. Tiles are laid out
-    tile-major, (tiles, n*n, C): the transforms are then small dense products that stay in cache,
-    and the per-frequency channel products read them with a stride.
+    ``u = transform_weight(w, m)``; the results are channels-last. The tile transforms run in
+    the C kernels of ``_tiles.c`` (``eplcanet.energy.native``), fused with the gathering of the
+    tiles from the image and their scattering back; tiles are laid out frequency-major,
+    (n*n, tiles, C), so that the channel products are one batched matrix product over
+    contiguous (tiles x C) blocks.
     """
 
     def __init__(self, m: int, r: int, batch: int, c_in: int, c_out: int, in_hw, padding: int,
                  dtype: torch.dtype, device, workspace: Workspace | None = None) -> None:
+        if m != TILE or r not in KERNELS:
+            raise ValueError(f"F({m}x{m}, {r}x{r}) has no kernels; available: "
+                             + ", ".join(f"F({TILE}x{TILE}, {k}x{k})" for k in KERNELS))
+        reason = native.why_unavailable()
+        if reason is not None:
+            raise RuntimeError(f"the Winograd kernels are not available: {reason}")
         n = m + r - 1
-        if r - 1 > m:
-            raise ValueError(f"F({m}, {r}): the adjoint's overlap-add needs m >= r - 1")
         self.m, self.r, self.n, self.p = m, r, n, padding
         self.batch, self.c_in, self.c_out = batch, c_in, c_out
         self.in_hw = tuple(in_hw)
         self.out_hw, self.tiles = tiling(self.in_hw, r, padding, m)
-        th, tw = self.tiles
+        self.n_tiles = batch * self.tiles[0] * self.tiles[1]
         at, _, bt = winograd_matrices(m, r)
         kw = dict(dtype=dtype, device=device)
         # Input tiles go through B^T on both axes, output tiles through A^T; the adjoint uses
         # their transposes.
-        self.tb, self.ta = _TileTransform(bt, kw), _TileTransform(at, kw)
-        self.tb_t, self.ta_t = _TileTransform(bt.T, kw), _TileTransform(at.T, kw)
-        self.n_tiles = batch * th * tw
-        # The padded input covers every tile; the border stays zero.
-        self.padded = torch.zeros(batch, th * m + r - 1, tw * m + r - 1, c_in, **kw)
+        self.bt, self.b = bt.to(**kw).contiguous(), bt.T.to(**kw).contiguous()
+        self.at, self.a = at.to(**kw).contiguous(), at.T.to(**kw).contiguous()
         self.workspace = Workspace() if workspace is None else workspace
 
-    def _buf(self, k: int, *shape: int) -> torch.Tensor:
-        return self.workspace.get(k, shape, self.padded.dtype, self.padded.device)
+    def _buf(self, k: int, channels: int) -> torch.Tensor:
+        return self.workspace.get(k, (self.n ** 2, self.n_tiles, channels), self.bt.dtype,
+                                  self.bt.device)
 
-    def _tile_major(self, freq_major: torch.Tensor) -> torch.Tensor:
-        """(n*n, tiles, C) as (tiles, n*n, C): a strided view, or a copy where the transform
-        needs contiguous tiles."""
-        view = freq_major.transpose(0, 1)
-        if not self.tb.separable:
-            return view
-        return self._buf(3, *view.shape).copy_(view)
+    def _geometry(self) -> tuple[int, ...]:
+        return (self.m, self.n, *self.tiles)
 
-    def _input_tiles(self, x: torch.Tensor, out: int, tmp: int) -> torch.Tensor:
-        """B^T D B for every (padded, overlapping) n x n input tile D of x: (tiles, n*n, C_in) in
-        buffer `out` (buffers 0 and `tmp` are scratch)."""
-        m, n, p = self.m, self.n, self.p
-        (h, w), (th, tw) = self.in_hw, self.tiles
-        b, ci, t = self.batch, self.c_in, self.n_tiles
-        self.padded[:, p:p + h, p:p + w].copy_(x.permute(0, 2, 3, 1))
-        windows = self.padded.unfold(1, n, m).unfold(2, n, m)  # (b, th, tw, ci, n, n)
-        d = self._buf(0, t, n * n, ci)
-        d.view(b, th, tw, n, n, ci).copy_(windows.permute(0, 1, 2, 4, 5, 3))
-        return self.tb(d, self._buf(out, t, n * n, ci), self._buf(tmp, t, n, n * ci))
+    def _input_tiles(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """B^T D B for every (zero-padded, overlapping) n x n input tile D of x, in buffer k."""
+        v = self._buf(k, self.c_in)
+        native.call("tiles_in", _nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
+                    *self._geometry(), self.bt, v)
+        return v
 
-    def _output_grad_tiles(self, g: torch.Tensor, out: int, tmp: int) -> torch.Tensor:
-        """A Y A^T for every m x m tile Y of g (zero beyond its edge): (tiles, n*n, C_out) in
-        buffer `out` (buffers 0 and `tmp` are scratch)."""
-        m, n = self.m, self.n
-        (th, tw), (ho, wo) = self.tiles, self.out_hw
-        b, co, t = self.batch, self.c_out, self.n_tiles
-        if tuple(g.shape[-2:]) != (ho, wo):
-            raise ValueError(f"this convolution gives ({ho}, {wo}) maps, got gradients of "
+    def _output_grad_tiles(self, g: torch.Tensor, k: int) -> torch.Tensor:
+        """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
+        if tuple(g.shape[-2:]) != self.out_hw:
+            raise ValueError(f"this convolution gives {self.out_hw} maps, got gradients of "
                              f"{tuple(g.shape[-2:])}")
-        y = self._buf(0, t, m * m, co)
-        grid = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
-        g_nhwc = g.permute(0, 2, 3, 1)
-        if (th * m, tw * m) == (ho, wo):
-            grid.copy_(g_nhwc.reshape(b, th, m, tw, m, co))
-        else:  # the tiles overhanging the output get zeros
-            full = g.new_zeros(b, th * m, tw * m, co)
-            full[:, :ho, :wo] = g_nhwc
-            grid.copy_(full.view(b, th, m, tw, m, co))
-        return self.ta_t(y, self._buf(out, t, n * n, co), self._buf(tmp, t, n, m * co))
+        z = self._buf(k, self.c_out)
+        native.call("tiles_grad", _nhwc(g), self.batch, *self.out_hw, self.c_out,
+                    *self._geometry(), self.a, z)
+        return z
 
-    def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
-        """conv(x) without bias; out: a (batch, H_out, W_out, C_out) tensor to write it to."""
-        m, n = self.m, self.n
-        (th, tw), (ho, wo) = self.tiles, self.out_hw
-        b, co, t = self.batch, self.c_out, self.n_tiles
-        v = self._input_tiles(x, 1, 2)
-        prod = self._buf(2, n * n, t, co)  # frequency-major: one matrix product per frequency
-        torch.bmm(v.transpose(0, 1), u, out=prod)
-        y = self.ta(self._tile_major(prod), self._buf(0, t, m * m, co), self._buf(1, t, m, n * co))
-        tiles = y.view(b, th, tw, m, m, co).permute(0, 1, 3, 2, 4, 5)  # (b, th, m, tw, m, co)
-        out = x.new_empty(b, ho, wo, co) if out is None else out
-        if (th * m, tw * m) == (ho, wo):
-            out.view(b, th, m, tw, m, co).copy_(tiles)
-        else:
-            out.copy_(tiles.reshape(b, th * m, tw * m, co)[:, :ho, :wo])
+    def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """conv(x) (+ bias); out: a contiguous (batch, H_out, W_out, C_out) tensor to write to."""
+        v = self._input_tiles(x, 0)
+        prod = torch.bmm(v, u, out=self._buf(1, self.c_out))  # one product per frequency
+        out = x.new_empty(self.batch, *self.out_hw, self.c_out) if out is None else out
+        native.call("tiles_out", prod, self.batch, *self.out_hw, self.c_out, *self._geometry(),
+                    self.at, bias, out)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def adjoint(self, g: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
-        """The transposed convolution of g; out: a (batch, H, W, C_in) tensor to write it to."""
-        m, n, p = self.m, self.n, self.p
-        (h, w), (th, tw) = self.in_hw, self.tiles
-        b, ci, t = self.batch, self.c_in, self.n_tiles
-        prod = self._output_grad_tiles(g, 1, 2)
-        v = self._buf(2, n * n, t, ci)
-        torch.bmm(prod.transpose(0, 1), u.transpose(1, 2), out=v)
-        d = self.tb_t(self._tile_major(v), self._buf(0, t, n * n, ci), self._buf(1, t, n, n * ci))
-        # Overlap-add the n x n input tiles (n <= 2m: each spans at most two tile rows/columns).
-        z = d.view(b, th, tw, n, n, ci)
-        acc = g.new_zeros(b, (th + 1) * m, (tw + 1) * m, ci)
-        for bi in range(0, n, m):
-            for bj in range(0, n, m):
-                mi, mj = min(m, n - bi), min(m, n - bj)
-                block = acc[:, bi:bi + th * m, bj:bj + tw * m].view(b, th, m, tw, m, ci)
-                block[:, :, :mi, :, :mj].add_(
-                    z[:, :, :, bi:bi + mi, bj:bj + mj].permute(0, 1, 3, 2, 4, 5))
-        # acc spans (th + 1) m >= h + p rows since m >= r - 1: the crop is inside it.
-        crop = acc[:, p:p + h, p:p + w]
-        out = crop.contiguous() if out is None else out.copy_(crop)
+        """The transposed convolution of g; out: a contiguous (batch, H, W, C_in) tensor to
+        write to. The n x n input tiles overlap: the kernel adds them up per image."""
+        z = self._output_grad_tiles(g, 0)
+        v = torch.bmm(z, u.transpose(1, 2), out=self._buf(1, self.c_in))
+        out = g.new_empty(self.batch, *self.in_hw, self.c_in) if out is None else out
+        native.call("tiles_in_adjoint", v, self.batch, *self.in_hw, self.c_in, self.p,
+                    *self._geometry(), self.b, out)
         return out.permute(0, 3, 1, 2)
 
     def weight_grad_into(self, x: torch.Tensor, g: torch.Tensor, acc: torch.Tensor,
@@ -250,21 +198,20 @@ class WinogradPlan:
         """Write (first) or add to acc (n*n, C_in, C_out) the weight gradient of conv(x) against
         output gradient g in the tile frequency domain: per frequency, (input tiles)^T (gradient
         tiles)."""
-        v = self._input_tiles(x, 1, 2)
-        z = self._output_grad_tiles(g, 3, 2)
+        v = self._input_tiles(x, 0)
+        z = self._output_grad_tiles(g, 1)
         if first:
-            torch.bmm(v.permute(1, 2, 0), z.transpose(0, 1), out=acc)
+            torch.bmm(v.transpose(1, 2), z, out=acc)
         else:
-            acc.baddbmm_(v.permute(1, 2, 0), z.transpose(0, 1))
+            acc.baddbmm_(v.transpose(1, 2), z)
 
 
 KERNELS = (3, 5)  # F(4x4, 3x3) and F(4x4, 5x5)
 # For the default ('auto'), the layers where F(4x4, r x r) beat oneDNN's direct convolution in
-# both directions in every measurement on the 2-core AMD EPYC of docs/performance.md: 3x3 with
-# at least 128 channels on each side. Narrower 3x3 layers lose to the tile transforms. 5x5
-# layers (MNIST-size, 32->64) ran 1.2-1.4x faster on a quiet machine but erratically, down to
-# half speed in some processes, while other jobs shared it: they take Winograd only when asked.
-AUTO_MIN_CHANNELS = {3: 128}
+# both directions on the 2-core AMD EPYC of docs/performance.md: 3x3 with at least 128 channels
+# on each side (1.4-2.4x; 64->64 at 8x8: 0.8x, 32->64: 0.6x), 5x5 with at least 32 (32->64 at
+# 12x12: 1.0-2.5x, 64->128 at 8x8: 1.3x; 8->16: 0.3-0.4x, 3->32: 0.1-0.6x).
+AUTO_MIN_CHANNELS = {3: 128, 5: 32}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
 CHUNK_BYTES = 4 << 20
 # The weight gradient has a fixed cost, in the size of the transformed weight (n*n C_in C_out),
@@ -283,6 +230,7 @@ def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -
     return (
         wide
         and x.device.type == "cpu"
+        and native.kernels() is not None
         and x.dtype in (torch.float32, torch.float64)
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
@@ -367,11 +315,10 @@ class WinogradConvs:
         b, hw = x.shape[0], tuple(x.shape[-2:])
         out_hw = tiling(hw, conv.kernel_size[0], conv.padding[0], TILE)[0]
         out = x.new_empty(b, *out_hw, conv.out_channels)
+        bias = None if conv.bias is None else conv.bias.detach()
         for part in self._chunks(conv, b, hw, u):
             xs = x[part]
-            self._plan(conv, xs.shape[0], hw, x.dtype, x.device).forward(xs, u, out[part])
-        if conv.bias is not None:
-            out.add_(conv.bias)
+            self._plan(conv, xs.shape[0], hw, x.dtype, x.device).forward(xs, u, out[part], bias)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def weight_grad(self, conv: torch.nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
