@@ -86,32 +86,83 @@ static inline void copy_block_##S(T *restrict dst, const T *restrict src, int cc
     else memcpy(dst, src, sizeof(T) * cc);                                                        \
 }                                                                                                 \
                                                                                                   \
+/* Per-tile pieces, for one block of cc <= CH channels starting at channel c0. */             \
+/* The n x n input window of tile (i, j) of image b, zero outside the image. */                   \
+static inline void load_window_##S(const T *x, int b, int i, int j, int H, int W, int C, int pad, \
+                                   int m, int n, int c0, int cc, T *d) {                          \
+    if (cc < CH) memset(d, 0, sizeof(T) * n * n * CH);                                            \
+    for (int u = 0; u < n; u++)                                                                   \
+        for (int v = 0; v < n; v++) {                                                             \
+            const int r = i * m - pad + u, s = j * m - pad + v;                                   \
+            T *dst = d + (u * n + v) * CH;                                                        \
+            if (r < 0 || r >= H || s < 0 || s >= W) memset(dst, 0, sizeof(T) * cc);               \
+            else copy_block_##S(dst, x + (((long)b * H + r) * W + s) * C + c0, cc);               \
+        }                                                                                         \
+}                                                                                                 \
+/* The m x m output tile (i, j) of image b, zero beyond the output. */                            \
+static inline void load_tile_##S(const T *g, int b, int i, int j, int Ho, int Wo, int C, int m,  \
+                                 int c0, int cc, T *d) {                                          \
+    if (cc < CH) memset(d, 0, sizeof(T) * m * m * CH);                                            \
+    for (int u = 0; u < m; u++)                                                                   \
+        for (int v = 0; v < m; v++) {                                                             \
+            const int r = i * m + u, s = j * m + v;                                               \
+            T *dst = d + (u * m + v) * CH;                                                        \
+            if (r >= Ho || s >= Wo) memset(dst, 0, sizeof(T) * cc);                               \
+            else copy_block_##S(dst, g + (((long)b * Ho + r) * Wo + s) * C + c0, cc);             \
+        }                                                                                         \
+}                                                                                                 \
+/* Write the m x m tile o (plus bias) to output tile (i, j) of image b, cropped to the output. */ \
+static inline void store_tile_##S(const T *o, T *y, int b, int i, int j, int Ho, int Wo, int C,  \
+                                  int m, int c0, int cc, const T *bias) {                         \
+    for (int u = 0; u < m; u++)                                                                   \
+        for (int v = 0; v < m; v++) {                                                             \
+            const int r = i * m + u, s = j * m + v;                                               \
+            if (r >= Ho || s >= Wo) continue;                                                     \
+            T *dst = y + (((long)b * Ho + r) * Wo + s) * C + c0;                                  \
+            const T *src = o + (u * m + v) * CH;                                                  \
+            if (bias) for (int c = 0; c < cc; c++) dst[c] = src[c] + bias[c0 + c];                \
+            else copy_block_##S(dst, src, cc);                                                    \
+        }                                                                                         \
+}                                                                                                 \
+/* Add the n x n window o into input window (i, j) of image b (the part inside the image). */     \
+static inline void add_window_##S(const T *o, T *x, int b, int i, int j, int H, int W, int C,    \
+                                  int pad, int m, int n, int c0, int cc) {                        \
+    for (int u = 0; u < n; u++)                                                                   \
+        for (int v = 0; v < n; v++) {                                                             \
+            const int r = i * m - pad + u, s = j * m - pad + v;                                   \
+            if (r < 0 || r >= H || s < 0 || s >= W) continue;                                     \
+            T *dst = x + (((long)b * H + r) * W + s) * C + c0;                                    \
+            const T *src = o + (u * n + v) * CH;                                                  \
+            for (int c = 0; c < cc; c++) dst[c] += src[c];                                        \
+        }                                                                                         \
+}                                                                                                 \
+/* Tile frequency f of tile t, channels c0 .. c0 + cc, in a frequency-major (n*n, tiles, C)       \
+   buffer: to (put) or from (get) the CH-strided block d. */                                      \
+static inline void put_freqs_##S(const T *d, T *buf, long tiles, long t, int C, int nf, int c0,  \
+                                 int cc) {                                                        \
+    for (int f = 0; f < nf; f++) copy_block_##S(buf + ((long)f * tiles + t) * C + c0, d + f * CH, cc); \
+}                                                                                                 \
+static inline void get_freqs_##S(const T *buf, T *d, long tiles, long t, int C, int nf, int c0,  \
+                                 int cc) {                                                        \
+    if (cc < CH) memset(d, 0, sizeof(T) * nf * CH);                                               \
+    for (int f = 0; f < nf; f++) copy_block_##S(d + f * CH, buf + ((long)f * tiles + t) * C + c0, cc); \
+}                                                                                                 \
+                                                                                                  \
 /* Input tiles: x (B, H, W, C) -> out (n*n, B*th*tw, C) = B^T D B of every n x n window D. */    \
 int tiles_in_##S(const T *x, int B, int H, int W, int C, int pad, int m, int n, int th, int tw, \
-                  const T *L, T *out) {                                                           \
+                 const T *L, T *out) {                                                            \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, n);                                                      \
+    const transform_##S##_fn transform = pick_##S(n, n);                                          \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                        \
+        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
         const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
         for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
             const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            if (cc < CH) memset(d, 0, sizeof d);                                                  \
-            for (int u = 0; u < n; u++)                                                           \
-                for (int v = 0; v < n; v++) {                                                     \
-                    const int r = i * m - pad + u, s = j * m - pad + v;                           \
-                    T *dst = d + (u * n + v) * CH;                                                \
-                    if (r < 0 || r >= H || s < 0 || s >= W) {                                     \
-                        memset(dst, 0, sizeof(T) * cc);                                           \
-                    } else {                                                                      \
-                        copy_block_##S(dst, x + (((long)b * H + r) * W + s) * C + c0, cc);   \
-                    }                                                                             \
-                }                                                                                 \
-            transform(L, d, y);                                                \
-            for (int f = 0; f < n * n; f++)                                                       \
-                copy_block_##S(out + ((long)f * tiles + t) * C + c0, y + f * CH, cc);        \
+            load_window_##S(x, b, i, j, H, W, C, pad, m, n, c0, cc, d);                           \
+            transform(L, d, y);                                                                   \
+            put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                    \
         }                                                                                         \
     }                                                                                             \
     return 0;                                                                                     \
@@ -119,33 +170,20 @@ int tiles_in_##S(const T *x, int B, int H, int W, int C, int pad, int m, int n, 
                                                                                                   \
 /* Output tiles: in (n*n, B*th*tw, C) -> y (B, Ho, Wo, C) = A^T M A of every tile M, cropped to  \
    the output, plus bias (C values) when given. L is A^T (m x n). */                              \
-int tiles_out_##S(const T *in, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,      \
-                   const T *L, const T *bias, T *y) {                                             \
+int tiles_out_##S(const T *in, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,       \
+                  const T *L, const T *bias, T *y) {                                              \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(m, n);                                                      \
+    const transform_##S##_fn transform = pick_##S(m, n);                                          \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], o[MAXN * MAXN * CH];                        \
+        T d[MAXN * MAXN * CH], o[MAXN * MAXN * CH];                                               \
         const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
         for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
             const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            if (cc < CH) memset(d, 0, sizeof d);                                                  \
-            for (int f = 0; f < n * n; f++)                                                       \
-                copy_block_##S(d + f * CH, in + ((long)f * tiles + t) * C + c0, cc);         \
-            transform(L, d, o);                                                \
-            for (int u = 0; u < m; u++)                                                           \
-                for (int v = 0; v < m; v++) {                                                     \
-                    const int r = i * m + u, s = j * m + v;                                       \
-                    if (r >= Ho || s >= Wo) continue;                                             \
-                    T *dst = y + (((long)b * Ho + r) * Wo + s) * C + c0;                          \
-                    const T *src = o + (u * m + v) * CH;                                          \
-                    if (bias) {                                                                   \
-                        for (int c = 0; c < cc; c++) dst[c] = src[c] + bias[c0 + c];              \
-                    } else {                                                                      \
-                        copy_block_##S(dst, src, cc);                                         \
-                    }                                                                             \
-                }                                                                                 \
+            get_freqs_##S(in, d, tiles, t, C, n * n, c0, cc);                                     \
+            transform(L, d, o);                                                                   \
+            store_tile_##S(o, y, b, i, j, Ho, Wo, C, m, c0, cc, bias);                            \
         }                                                                                         \
     }                                                                                             \
     return 0;                                                                                     \
@@ -153,31 +191,20 @@ int tiles_out_##S(const T *in, int B, int Ho, int Wo, int C, int m, int n, int t
                                                                                                   \
 /* Output-gradient tiles: g (B, Ho, Wo, C) -> out (n*n, B*th*tw, C) = A Y A^T of every m x m     \
    tile Y (zero beyond the output). L is A (n x m). */                                            \
-int tiles_grad_##S(const T *g, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,      \
-                    const T *L, T *out) {                                                         \
+int tiles_grad_##S(const T *g, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,       \
+                   const T *L, T *out) {                                                          \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, m);                                                      \
+    const transform_##S##_fn transform = pick_##S(n, m);                                          \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                        \
+        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
         const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
         for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
             const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            if (cc < CH) memset(d, 0, sizeof d);                                                  \
-            for (int u = 0; u < m; u++)                                                           \
-                for (int v = 0; v < m; v++) {                                                     \
-                    const int r = i * m + u, s = j * m + v;                                       \
-                    T *dst = d + (u * m + v) * CH;                                                \
-                    if (r >= Ho || s >= Wo) {                                                     \
-                        memset(dst, 0, sizeof(T) * cc);                                           \
-                    } else {                                                                      \
-                        copy_block_##S(dst, g + (((long)b * Ho + r) * Wo + s) * C + c0, cc); \
-                    }                                                                             \
-                }                                                                                 \
-            transform(L, d, y);                                                \
-            for (int f = 0; f < n * n; f++)                                                       \
-                copy_block_##S(out + ((long)f * tiles + t) * C + c0, y + f * CH, cc);        \
+            load_tile_##S(g, b, i, j, Ho, Wo, C, m, c0, cc, d);                                   \
+            transform(L, d, y);                                                                   \
+            put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                    \
         }                                                                                         \
     }                                                                                             \
     return 0;                                                                                     \
@@ -187,32 +214,22 @@ int tiles_grad_##S(const T *g, int B, int Ho, int Wo, int C, int m, int n, int t
    B V B^T over the windows that cover each position. L is B (n x n). One image per thread, so   \
    the overlapping windows of an image are added by one thread. */                                \
 int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m, int n, int th, \
-                          int tw, const T *L, T *x) {                                             \
+                         int tw, const T *L, T *x) {                                              \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, n);                                                      \
+    const transform_##S##_fn transform = pick_##S(n, n);                                          \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (int b = 0; b < B; b++) {                                                                 \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                        \
+        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
         memset(x + (long)b * H * W * C, 0, sizeof(T) * H * W * C);                                \
         for (int i = 0; i < th; i++)                                                              \
             for (int j = 0; j < tw; j++) {                                                        \
                 const long t = ((long)b * th + i) * tw + j;                                       \
                 for (int c0 = 0; c0 < C; c0 += CH) {                                              \
                     const int cc = C - c0 < CH ? C - c0 : CH;                                     \
-                    if (cc < CH) memset(d, 0, sizeof d);                                          \
-                    for (int f = 0; f < n * n; f++)                                               \
-                        copy_block_##S(d + f * CH, in + ((long)f * tiles + t) * C + c0, cc); \
-                    transform(L, d, y);                                        \
-                    for (int u = 0; u < n; u++)                                                   \
-                        for (int v = 0; v < n; v++) {                                             \
-                            const int r = i * m - pad + u, s = j * m - pad + v;                   \
-                            if (r < 0 || r >= H || s < 0 || s >= W) continue;                     \
-                            T *dst = x + (((long)b * H + r) * W + s) * C + c0;                    \
-                            const T *src = y + (u * n + v) * CH;                                  \
-                            _Pragma("omp simd")                                                   \
-                            for (int c = 0; c < cc; c++) dst[c] += src[c];                        \
-                        }                                                                         \
+                    get_freqs_##S(in, d, tiles, t, C, n * n, c0, cc);                             \
+                    transform(L, d, y);                                                           \
+                    add_window_##S(y, x, b, i, j, H, W, C, pad, m, n, c0, cc);                    \
                 }                                                                                 \
             }                                                                                     \
     }                                                                                             \
