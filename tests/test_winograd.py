@@ -28,13 +28,19 @@ def test_matrices_compute_the_1d_correlation(m, r):
 
 
 # (batch, c_in, c_out, size, kernel, padding): tiles that fit exactly, tiles overhanging the
-# output (cropped), padding 0 / 1 / 2, rectangular inputs.
+# output (cropped), padding 0 / 1 / 2, rectangular inputs; thin layers (separate transforms and
+# one batched product), layers that run as one fused kernel (multiples of 32 channels, with
+# more images than one chunk), and one wider than the fused limit.
 SHAPES = [
     (3, 4, 5, (8, 8), 3, 1),
     (2, 3, 6, (11, 9), 3, 0),
     (2, 5, 4, (7, 10), 3, 2),
     (3, 4, 3, (12, 12), 5, 0),
     (2, 3, 4, (9, 6), 5, 2),
+    (11, 32, 64, (12, 12), 5, 0),
+    (5, 64, 32, (9, 7), 3, 2),
+    (3, 32, 32, (10, 13), 5, 1),
+    (2, 32, 288, (6, 6), 3, 1),
 ]
 
 
@@ -45,14 +51,17 @@ def test_forward_and_adjoint_equal_the_direct_convolutions(shape):
     x = _cl(torch.randn(b, ci, *hw, dtype=torch.float64))
     w = torch.randn(co, ci, r, r, dtype=torch.float64)
     plan = WinogradPlan(4, r, b, ci, co, hw, p, torch.float64, "cpu")
+    assert plan.fused == (ci % 32 == 0 and co % 32 == 0 and max(ci, co) <= 256)
     u = transform_weight(w, 4)
-    out = plan.forward(x, u)
-    ref = F.conv2d(x, w, padding=p)
+    bias = torch.randn(co, dtype=torch.float64)
+    out = plan.forward(x, u, bias=bias)
+    ref = F.conv2d(x, w, bias, padding=p)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     assert out.is_contiguous(memory_format=torch.channels_last)
+    ref = ref - bias.view(-1, 1, 1)
 
     g = _cl(torch.randn_like(ref))
-    back = plan.adjoint(g, u)
+    back = plan.adjoint(g, u.transpose(1, 2).contiguous())
     torch.testing.assert_close(back, F.conv_transpose2d(g, w, padding=p), rtol=1e-10, atol=1e-10)
     # The adjoint identity <conv(x), g> = <x, conv^T(g)> holds whatever the tiling.
     torch.testing.assert_close((ref * g).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
@@ -73,7 +82,7 @@ def test_weight_gradient_equals_the_direct_one(shape):
 def test_adjoint_rejects_maps_of_another_size():
     plan = WinogradPlan(4, 3, 2, 3, 4, (7, 7), 1, torch.float64, "cpu")
     with pytest.raises(ValueError, match=r"gives \(7, 7\) maps"):
-        plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 3, 4))
+        plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 4, 3))
 
 
 def test_float32_error_is_rounding_sized():
@@ -117,8 +126,14 @@ def test_cache_follows_in_place_weight_updates_and_shares_its_workspace():
         for _ in range(2):  # alternating plans reuse the same tile buffers
             torch.testing.assert_close(convs.forward(a, xa), a(xa), rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(convs.forward(b, xb), b(xb), rtol=1e-4, atol=1e-4)
+        g = _cl(torch.rand(2, 128, 8, 8))
+        adjoint = F.conv_transpose2d(g, a.weight, padding=1)
+        torch.testing.assert_close(convs.adjoint(a, g, (8, 8)), adjoint, rtol=1e-4, atol=1e-4)
         a.weight.mul_(-2.0)  # what an optimizer step does
         torch.testing.assert_close(convs.forward(a, xa), a(xa), rtol=1e-4, atol=1e-4)
+        # the adjoint's transposed copy of the transformed weight follows too
+        torch.testing.assert_close(convs.adjoint(a, g, (8, 8)), -2 * adjoint, rtol=1e-4,
+                                   atol=1e-4)
 
 
 def _wide_net(size=8):

@@ -8,11 +8,13 @@
  * image covers input rows i * m - pad .. i * m - pad + n - 1 (zero outside the image) and output
  * rows i * m .. i * m + m - 1.
  */
+#include <omp.h>
 #include <string.h>
 
 #define CH 16  /* channels per block: one vector register of floats with AVX-512; the fixed trip
                   count lets the compiler turn every inner loop into single vector instructions */
 #define MAXN 8
+#define NB 32  /* output columns per GEMM block: 2 vector registers of floats per row */
 
 /* y = L x L^T for one block of CH channels: x [Q][Q][CH], y [P][P][CH], L (P x Q). P and Q are
    compile-time constants: the loops unroll, and each pass keeps P independent partial sums (one
@@ -234,7 +236,90 @@ int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m
             }                                                                                     \
     }                                                                                             \
     return 0;                                                                                     \
+}                                                                                                 \
+/* c (rows x N) = a (rows x K) @ w (K x N), row-major, N a multiple of NB: blocks of 4 rows by NB \
+   columns keep 4 * NB / 16 partial sums in vector registers. */                                 \
+static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, int rows, int K,   \
+                     int N) {                                                                     \
+    int r0 = 0;                                                                                   \
+    for (; r0 + 4 <= rows; r0 += 4)                                                               \
+        for (int o0 = 0; o0 < N; o0 += NB) {                                                      \
+            T acc[4][NB];                                                                         \
+            for (int r = 0; r < 4; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;               \
+            for (int k = 0; k < K; k++) {                                                         \
+                const T *wk = w + (long)k * N + o0;                                               \
+                for (int r = 0; r < 4; r++) {                                                     \
+                    const T av = a[(long)(r0 + r) * K + k];                                       \
+                    for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                         \
+                }                                                                                 \
+            }                                                                                     \
+            for (int r = 0; r < 4; r++)                                                           \
+                for (int o = 0; o < NB; o++) c[(long)(r0 + r) * N + o0 + o] = acc[r][o];          \
+        }                                                                                         \
+    for (; r0 < rows; r0++)                                                                       \
+        for (int o0 = 0; o0 < N; o0 += NB) {                                                      \
+            T acc[NB];                                                                            \
+            for (int o = 0; o < NB; o++) acc[o] = 0;                                              \
+            for (int k = 0; k < K; k++) {                                                         \
+                const T av = a[(long)r0 * K + k], *wk = w + (long)k * N + o0;                     \
+                for (int o = 0; o < NB; o++) acc[o] += av * wk[o];                                \
+            }                                                                                     \
+            for (int o = 0; o < NB; o++) c[(long)r0 * N + o0 + o] = acc[o];                       \
+        }                                                                                         \
+}                                                                                                 \
+                                                                                                  \
+/* The whole convolution (forward: conv(x) + bias into y) or its transpose (adjoint: conv^T(g)   \
+   into x), for chunks of `per` images at a time: each thread takes whole chunks, transforms     \
+   their tiles into its own slice of `work` (2 * n*n * per*th*tw * max(Ci, Co) values), runs     \
+   the per-frequency products there and transforms the results out, so a chunk's tiles stay in  \
+   its core's cache. u: (n*n, Ci, Co) for the forward, (n*n, Co, Ci) (transposed) for the        \
+   adjoint. Ci and Co must be multiples of NB. */                                                 \
+int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int Ci, int Co,       \
+                   int pad, int m, int n, int th, int tw, const T *L_in, const T *u,              \
+                   const T *L_out, const T *bias, int per, T *work, int nthreads) {               \
+    const int Ho = H + 2 * pad - (n - m), Wo = W + 2 * pad - (n - m);                             \
+    const transform_##S##_fn t_in = adjoint ? pick_##S(n, m) : pick_##S(n, n);                   \
+    const transform_##S##_fn t_out = adjoint ? pick_##S(n, n) : pick_##S(m, n);                   \
+    if (!t_in || !t_out || Ci % NB || Co % NB) return 1;                                          \
+    const int c_from = adjoint ? Co : Ci, c_to = adjoint ? Ci : Co, nf = n * n;                   \
+    const int chunks = (B + per - 1) / per;                                                       \
+    const long slot = 2L * nf * per * th * tw * (Ci > Co ? Ci : Co);                              \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                            \
+    for (int k = 0; k < chunks; k++) {                                                            \
+        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
+        T *v = work + omp_get_thread_num() * slot, *p = v + slot / 2;                             \
+        const int b0 = k * per, b1 = b0 + per < B ? b0 + per : B;                                 \
+        const long tiles = (long)(b1 - b0) * th * tw;                                             \
+        for (int b = b0; b < b1; b++)                                                             \
+            for (int i = 0; i < th; i++)                                                          \
+                for (int j = 0; j < tw; j++) {                                                    \
+                    const long t = ((long)(b - b0) * th + i) * tw + j;                            \
+                    for (int c0 = 0; c0 < c_from; c0 += CH) {                                     \
+                        if (adjoint) load_tile_##S(src, b, i, j, Ho, Wo, Co, m, c0, CH, d);       \
+                        else load_window_##S(src, b, i, j, H, W, Ci, pad, m, n, c0, CH, d);       \
+                        t_in(L_in, d, y);                                                         \
+                        put_freqs_##S(y, v, tiles, t, c_from, nf, c0, CH);                        \
+                    }                                                                             \
+                }                                                                                 \
+        for (int f = 0; f < nf; f++)                                                              \
+            gemm_##S(v + f * tiles * c_from, u + (long)f * c_from * c_to, p + f * tiles * c_to,   \
+                     (int)tiles, c_from, c_to);                                                   \
+        if (adjoint) memset(dst + (long)b0 * H * W * Ci, 0, sizeof(T) * (b1 - b0) * H * W * Ci);  \
+        for (int b = b0; b < b1; b++)                                                             \
+            for (int i = 0; i < th; i++)                                                          \
+                for (int j = 0; j < tw; j++) {                                                    \
+                    const long t = ((long)(b - b0) * th + i) * tw + j;                            \
+                    for (int c0 = 0; c0 < c_to; c0 += CH) {                                       \
+                        get_freqs_##S(p, d, tiles, t, c_to, nf, c0, CH);                          \
+                        t_out(L_out, d, y);                                                       \
+                        if (adjoint) add_window_##S(y, dst, b, i, j, H, W, Ci, pad, m, n, c0, CH); \
+                        else store_tile_##S(y, dst, b, i, j, Ho, Wo, Co, m, c0, CH, bias);        \
+                    }                                                                             \
+                }                                                                                 \
+    }                                                                                             \
+    return 0;                                                                                     \
 }
+
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)

@@ -118,13 +118,19 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
 class WinogradPlan:
     """One stride-1 convolution shape: batch, channels, input size, padding, tile size m.
 
-    ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u)`` is
+    ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u_t)`` is
     ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where
-    ``u = transform_weight(w, m)``; the results are channels-last. The tile transforms run in
+    ``u = transform_weight(w, m)`` and ``u_t`` is u with its channel axes swapped
+    (n*n, C_out, C_in), contiguous; the results are channels-last. The tile transforms run in
     the C kernels of ``_tiles.c`` (``eplcanet.energy.native``), fused with the gathering of the
     tiles from the image and their scattering back; tiles are laid out frequency-major,
-    (n*n, tiles, C), so that the channel products are one batched matrix product over
-    contiguous (tiles x C) blocks.
+    (n*n, tiles, C).
+
+    Two strategies, by layer width (``fused``): for layers up to FUSED_MAX_CHANNELS wide the
+    whole convolution is one kernel that takes a few images at a time through the transforms,
+    its own per-frequency products and the transforms back, so that their tiles stay in the
+    core's cache; wider layers transform all tiles, then run one batched matrix product (MKL),
+    which their long channel products need.
     """
 
     def __init__(self, m: int, r: int, batch: int, c_in: int, c_out: int, in_hw, padding: int,
@@ -148,6 +154,7 @@ class WinogradPlan:
         self.bt, self.b = bt.to(**kw).contiguous(), bt.T.to(**kw).contiguous()
         self.at, self.a = at.to(**kw).contiguous(), at.T.to(**kw).contiguous()
         self.workspace = Workspace() if workspace is None else workspace
+        self.fused = fused(c_in, c_out)
 
     def _buf(self, k: int, channels: int) -> torch.Tensor:
         return self.workspace.get(k, (self.n ** 2, self.n_tiles, channels), self.bt.dtype,
@@ -163,34 +170,57 @@ class WinogradPlan:
                     *self._geometry(), self.bt, v)
         return v
 
-    def _output_grad_tiles(self, g: torch.Tensor, k: int) -> torch.Tensor:
-        """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
+    def _check_grad(self, g: torch.Tensor) -> None:
         if tuple(g.shape[-2:]) != self.out_hw:
             raise ValueError(f"this convolution gives {self.out_hw} maps, got gradients of "
                              f"{tuple(g.shape[-2:])}")
+
+    def _output_grad_tiles(self, g: torch.Tensor, k: int) -> torch.Tensor:
+        """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
+        self._check_grad(g)
         z = self._buf(k, self.c_out)
         native.call("tiles_grad", _nhwc(g), self.batch, *self.out_hw, self.c_out,
                     *self._geometry(), self.a, z)
         return z
 
+    def _fused(self, adjoint: bool, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> None:
+        """The fused kernel, `FUSED_TILES` tiles' worth of images per chunk; each of PyTorch's
+        threads gets its own part of a workspace buffer."""
+        per = max(1, FUSED_TILES // (self.tiles[0] * self.tiles[1]))
+        threads = torch.get_num_threads()
+        slot = 2 * self.n ** 2 * per * self.tiles[0] * self.tiles[1] * max(self.c_in, self.c_out)
+        work = self.workspace.get(2, (threads * slot,), self.bt.dtype, self.bt.device)
+        l_in, l_out = (self.a, self.b) if adjoint else (self.bt, self.at)
+        native.call("conv_fused", int(adjoint), _nhwc(src), dst, self.batch, *self.in_hw,
+                    self.c_in, self.c_out, self.p, *self._geometry(), l_in, weight, l_out, bias,
+                    per, work, threads)
+
     def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         """conv(x) (+ bias); out: a contiguous (batch, H_out, W_out, C_out) tensor to write to."""
-        v = self._input_tiles(x, 0)
-        prod = torch.bmm(v, u, out=self._buf(1, self.c_out))  # one product per frequency
         out = x.new_empty(self.batch, *self.out_hw, self.c_out) if out is None else out
-        native.call("tiles_out", prod, self.batch, *self.out_hw, self.c_out, *self._geometry(),
-                    self.at, bias, out)
+        if self.fused:
+            self._fused(False, x, out, u, bias)
+        else:
+            v = self._input_tiles(x, 0)
+            prod = torch.bmm(v, u, out=self._buf(1, self.c_out))  # one product per frequency
+            native.call("tiles_out", prod, self.batch, *self.out_hw, self.c_out,
+                        *self._geometry(), self.at, bias, out)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
-    def adjoint(self, g: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None):
+    def adjoint(self, g: torch.Tensor, u_t: torch.Tensor, out: torch.Tensor | None = None):
         """The transposed convolution of g; out: a contiguous (batch, H, W, C_in) tensor to
-        write to. The n x n input tiles overlap: the kernel adds them up per image."""
-        z = self._output_grad_tiles(g, 0)
-        v = torch.bmm(z, u.transpose(1, 2), out=self._buf(1, self.c_in))
+        write to. The n x n input tiles overlap: the kernels add them up per image."""
+        self._check_grad(g)
         out = g.new_empty(self.batch, *self.in_hw, self.c_in) if out is None else out
-        native.call("tiles_in_adjoint", v, self.batch, *self.in_hw, self.c_in, self.p,
-                    *self._geometry(), self.b, out)
+        if self.fused:
+            self._fused(True, g, out, u_t, None)
+        else:
+            z = self._output_grad_tiles(g, 0)
+            v = torch.bmm(z, u_t, out=self._buf(1, self.c_in))
+            native.call("tiles_in_adjoint", v, self.batch, *self.in_hw, self.c_in, self.p,
+                        *self._geometry(), self.b, out)
         return out.permute(0, 3, 1, 2)
 
     def weight_grad_into(self, x: torch.Tensor, g: torch.Tensor, acc: torch.Tensor,
@@ -214,10 +244,21 @@ KERNELS = (3, 5)  # F(4x4, 3x3) and F(4x4, 5x5)
 AUTO_MIN_CHANNELS = {3: 128, 5: 32}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
 CHUNK_BYTES = 4 << 20
+# Layers at most this wide on both sides (and multiples of 32 channels) run as one fused kernel
+# per chunk of FUSED_TILES tiles; wider ones use MKL's batched products over the whole batch
+# slice (measured: 32->64 5x5 and 128->256 3x3 faster fused, 1.2-1.8x in slow streaks;
+# 256->512 and 512->512 faster with MKL, whose products over 256-512 channels are better blocked).
+FUSED_MAX_CHANNELS = 256
+FUSED_TILES = 32
 # The weight gradient has a fixed cost, in the size of the transformed weight (n*n C_in C_out),
 # besides the per-tile one; below this many tiles in the batch oneDNN's was faster (measured:
 # 512->512 at 4x4, 32 tiles: 0.66x; 256->512 at 8x8, 128 tiles: 1.45x).
 AUTO_MIN_WEIGHT_GRAD_TILES = 128
+
+
+def fused(c_in: int, c_out: int) -> bool:
+    """Whether a layer of these widths runs as one fused kernel (see WinogradPlan)."""
+    return max(c_in, c_out) <= FUSED_MAX_CHANNELS and c_in % 32 == 0 and c_out % 32 == 0
 
 
 def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -> bool:
@@ -287,21 +328,30 @@ class WinogradConvs:
             self._plans[key] = plan
         return plan
 
-    def _weight(self, conv: torch.nn.Conv2d) -> torch.Tensor:
+    def _weight(self, conv: torch.nn.Conv2d, transposed: bool = False) -> torch.Tensor:
+        """The transformed weight u (n*n, C_in, C_out), or with transposed its contiguous
+        (n*n, C_out, C_in) copy for the adjoint, both recomputed when the weight changes."""
         w = conv.weight
         stamp = (w._version, w.data_ptr(), w.dtype, w.device)
         cached = self._weights.get(id(conv))
         if cached is None or cached[0][2:] != stamp[2:]:
-            cached = (stamp, transform_weight(w, TILE))
+            cached = (stamp, transform_weight(w, TILE), None)
         elif cached[0] != stamp:  # the weight changed in place: so does its transform
-            cached = (stamp, transform_weight(w, TILE, out=cached[1]))
+            cached = (stamp, transform_weight(w, TILE, out=cached[1]), cached[2])
+            if cached[2] is not None:
+                cached[2].copy_(cached[1].transpose(1, 2))
+        if transposed and cached[2] is None:
+            cached = (*cached[:2], cached[1].transpose(1, 2).contiguous())
         self._weights[id(conv)] = cached
-        return cached[1]
+        return cached[2] if transposed else cached[1]
 
     def _chunks(self, conv: torch.nn.Conv2d, batch: int, in_hw, u: torch.Tensor):
         """Batch slices small enough that a slice's tiles stay in cache: at most CHUNK_BYTES of
         tiles per buffer, or the transformed weight's size when that is larger (each slice
-        reads the whole weight once, so smaller slices stop paying there)."""
+        reads the whole weight once, so smaller slices stop paying there). Fused layers take the
+        whole batch: their kernel works through it a few images at a time."""
+        if fused(conv.in_channels, conv.out_channels):
+            return [slice(0, batch)]
         r = conv.kernel_size[0]
         tiles = math.prod(tiling(in_hw, r, conv.padding[0], TILE)[1])
         per_sample = tiles * (TILE + r - 1) ** 2 * max(conv.in_channels, conv.out_channels)
@@ -337,10 +387,10 @@ class WinogradConvs:
     def adjoint(self, conv: torch.nn.Conv2d, g: torch.Tensor, out_hw) -> torch.Tensor:
         """The transposed convolution of g with conv's weight (no bias): the input gradient of
         conv for an input of spatial size out_hw."""
-        u = self._weight(conv)
+        u_t = self._weight(conv, transposed=True)
         b = g.shape[0]
         out = g.new_empty(b, *out_hw, conv.in_channels)
-        for part in self._chunks(conv, b, out_hw, u):
+        for part in self._chunks(conv, b, out_hw, u_t):
             gs = g[part]
-            self._plan(conv, gs.shape[0], out_hw, g.dtype, g.device).adjoint(gs, u, out[part])
+            self._plan(conv, gs.shape[0], out_hw, g.dtype, g.device).adjoint(gs, u_t, out[part])
         return out.permute(0, 3, 1, 2)
