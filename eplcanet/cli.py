@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0)
     a("--conv-algo", default="auto", choices=CONV_ALGOS,
       help="relaxation and update convolutions: auto (Winograd F(4x4) for stride-1 3x3 layers "
-           "with 128+ channels on CPU in fp32, 1.4-1.9x faster there; direct elsewhere), "
-           "winograd (also for narrower 3x3 and for 5x5 layers) or direct (never Winograd); "
-           "they agree to float rounding")
+           "with 128+ channels and 5x5 layers with 32+, on CPU in fp32 when its C kernels "
+           "build, 1.4-2.4x faster there; direct elsewhere), winograd (every stride-1 3x3 and "
+           "5x5 layer) or direct (never Winograd); they agree to float rounding")
     a("--precision", default="fp32", choices=PRECISIONS,
       help="bf16: autocast the relaxation (states kept in fp32); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")

@@ -7,7 +7,9 @@ tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile tran
 the 1-D ones on both axes of a tile; they run in small C kernels (``_tiles.c``, compiled at
 first use by ``eplcanet.energy.native``) that gather the tiles straight from the channels-last
 image, zero padding included, and scatter the results back, so the data crosses memory once per
-transform. Without a C compiler the Winograd path is unavailable and every convolution is direct.
+transform. Layers up to FUSED_MAX_CHANNELS wide run as a single kernel that also does the
+per-frequency products, a few images at a time in each core's cache (see WinogradPlan). Without
+a C compiler the Winograd path is unavailable and every convolution is direct.
 
 The transposed convolution (the top-down term of EP) is the exact adjoint of the same computation:
 non-overlapping output tiles go through the transposed transforms and the transposed channel
