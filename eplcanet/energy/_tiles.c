@@ -237,35 +237,47 @@ int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m
     }                                                                                             \
     return 0;                                                                                     \
 }                                                                                                 \
-/* c (rows x N) = a (rows x K) @ w (K x N), row-major, N a multiple of NB: blocks of 4 rows by NB \
-   columns keep 4 * NB / 16 partial sums in vector registers. */                                 \
+/* c (rows x N) = a (rows x K) @ w (K x N), row-major: blocks of 4 rows by NB columns keep      \
+   4 * NB / 16 partial sums in vector registers; a last block narrower than NB takes the general \
+   loop. */                                                                                       \
 static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, int rows, int K,   \
                      int N) {                                                                     \
-    int r0 = 0;                                                                                   \
-    for (; r0 + 4 <= rows; r0 += 4)                                                               \
-        for (int o0 = 0; o0 < N; o0 += NB) {                                                      \
+    for (int o0 = 0; o0 < N; o0 += NB) {                                                          \
+        const int nb = N - o0 < NB ? N - o0 : NB;                                                 \
+        int r0 = 0;                                                                               \
+        for (; r0 + 4 <= rows; r0 += 4) {                                                         \
             T acc[4][NB];                                                                         \
             for (int r = 0; r < 4; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;               \
-            for (int k = 0; k < K; k++) {                                                         \
-                const T *wk = w + (long)k * N + o0;                                               \
-                for (int r = 0; r < 4; r++) {                                                     \
-                    const T av = a[(long)(r0 + r) * K + k];                                       \
-                    for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                         \
+            if (nb == NB) {                                                                       \
+                for (int k = 0; k < K; k++) {                                                     \
+                    const T *wk = w + (long)k * N + o0;                                           \
+                    for (int r = 0; r < 4; r++) {                                                 \
+                        const T av = a[(long)(r0 + r) * K + k];                                   \
+                        for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                     \
+                    }                                                                             \
+                }                                                                                 \
+            } else {                                                                              \
+                for (int k = 0; k < K; k++) {                                                     \
+                    const T *wk = w + (long)k * N + o0;                                           \
+                    for (int r = 0; r < 4; r++) {                                                 \
+                        const T av = a[(long)(r0 + r) * K + k];                                   \
+                        for (int o = 0; o < nb; o++) acc[r][o] += av * wk[o];                     \
+                    }                                                                             \
                 }                                                                                 \
             }                                                                                     \
             for (int r = 0; r < 4; r++)                                                           \
-                for (int o = 0; o < NB; o++) c[(long)(r0 + r) * N + o0 + o] = acc[r][o];          \
+                for (int o = 0; o < nb; o++) c[(long)(r0 + r) * N + o0 + o] = acc[r][o];          \
         }                                                                                         \
-    for (; r0 < rows; r0++)                                                                       \
-        for (int o0 = 0; o0 < N; o0 += NB) {                                                      \
+        for (; r0 < rows; r0++) {                                                                 \
             T acc[NB];                                                                            \
             for (int o = 0; o < NB; o++) acc[o] = 0;                                              \
             for (int k = 0; k < K; k++) {                                                         \
                 const T av = a[(long)r0 * K + k], *wk = w + (long)k * N + o0;                     \
-                for (int o = 0; o < NB; o++) acc[o] += av * wk[o];                                \
+                for (int o = 0; o < nb; o++) acc[o] += av * wk[o];                                \
             }                                                                                     \
-            for (int o = 0; o < NB; o++) c[(long)r0 * N + o0 + o] = acc[o];                       \
+            for (int o = 0; o < nb; o++) c[(long)r0 * N + o0 + o] = acc[o];                       \
         }                                                                                         \
+    }                                                                                             \
 }                                                                                                 \
                                                                                                   \
 /* The whole convolution (forward: conv(x) + bias into y) or its transpose (adjoint: conv^T(g)   \
@@ -273,14 +285,14 @@ static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, in
    their tiles into its own slice of `work` (2 * n*n * per*th*tw * max(Ci, Co) values), runs     \
    the per-frequency products there and transforms the results out, so a chunk's tiles stay in  \
    its core's cache. u: (n*n, Ci, Co) for the forward, (n*n, Co, Ci) (transposed) for the        \
-   adjoint. Ci and Co must be multiples of NB. */                                                 \
+   adjoint. */                                                 \
 int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int Ci, int Co,       \
                    int pad, int m, int n, int th, int tw, const T *L_in, const T *u,              \
                    const T *L_out, const T *bias, int per, T *work, int nthreads) {               \
     const int Ho = H + 2 * pad - (n - m), Wo = W + 2 * pad - (n - m);                             \
     const transform_##S##_fn t_in = adjoint ? pick_##S(n, m) : pick_##S(n, n);                   \
     const transform_##S##_fn t_out = adjoint ? pick_##S(n, n) : pick_##S(m, n);                   \
-    if (!t_in || !t_out || Ci % NB || Co % NB) return 1;                                          \
+    if (!t_in || !t_out) return 1;                                                                \
     const int c_from = adjoint ? Co : Ci, c_to = adjoint ? Ci : Co, nf = n * n;                   \
     const int chunks = (B + per - 1) / per;                                                       \
     const long slot = 2L * nf * per * th * tw * (Ci > Co ? Ci : Co);                              \
@@ -295,10 +307,11 @@ int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int C
                 for (int j = 0; j < tw; j++) {                                                    \
                     const long t = ((long)(b - b0) * th + i) * tw + j;                            \
                     for (int c0 = 0; c0 < c_from; c0 += CH) {                                     \
-                        if (adjoint) load_tile_##S(src, b, i, j, Ho, Wo, Co, m, c0, CH, d);       \
-                        else load_window_##S(src, b, i, j, H, W, Ci, pad, m, n, c0, CH, d);       \
+                        const int cc = c_from - c0 < CH ? c_from - c0 : CH;                       \
+                        if (adjoint) load_tile_##S(src, b, i, j, Ho, Wo, Co, m, c0, cc, d);       \
+                        else load_window_##S(src, b, i, j, H, W, Ci, pad, m, n, c0, cc, d);       \
                         t_in(L_in, d, y);                                                         \
-                        put_freqs_##S(y, v, tiles, t, c_from, nf, c0, CH);                        \
+                        put_freqs_##S(y, v, tiles, t, c_from, nf, c0, cc);                        \
                     }                                                                             \
                 }                                                                                 \
         for (int f = 0; f < nf; f++)                                                              \
@@ -310,10 +323,11 @@ int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int C
                 for (int j = 0; j < tw; j++) {                                                    \
                     const long t = ((long)(b - b0) * th + i) * tw + j;                            \
                     for (int c0 = 0; c0 < c_to; c0 += CH) {                                       \
-                        get_freqs_##S(p, d, tiles, t, c_to, nf, c0, CH);                          \
+                        const int cc = c_to - c0 < CH ? c_to - c0 : CH;                           \
+                        get_freqs_##S(p, d, tiles, t, c_to, nf, c0, cc);                          \
                         t_out(L_out, d, y);                                                       \
-                        if (adjoint) add_window_##S(y, dst, b, i, j, H, W, Ci, pad, m, n, c0, CH); \
-                        else store_tile_##S(y, dst, b, i, j, Ho, Wo, Co, m, c0, CH, bias);        \
+                        if (adjoint) add_window_##S(y, dst, b, i, j, H, W, Ci, pad, m, n, c0, cc); \
+                        else store_tile_##S(y, dst, b, i, j, Ho, Wo, Co, m, c0, cc, bias);        \
                     }                                                                             \
                 }                                                                                 \
     }                                                                                             \

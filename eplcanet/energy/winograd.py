@@ -246,7 +246,7 @@ KERNELS = (3, 5)  # F(4x4, 3x3) and F(4x4, 5x5)
 AUTO_MIN_CHANNELS = {3: 128, 5: 32}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
 CHUNK_BYTES = 4 << 20
-# Layers at most this wide on both sides (and multiples of 32 channels) run as one fused kernel
+# Layers at most this wide on both sides run as one fused kernel
 # per chunk of FUSED_TILES tiles; wider ones use MKL's batched products over the whole batch
 # slice (measured: 32->64 5x5 and 128->256 3x3 faster fused, 1.2-1.8x in slow streaks;
 # 256->512 and 512->512 faster with MKL, whose products over 256-512 channels are better blocked).
@@ -260,7 +260,7 @@ AUTO_MIN_WEIGHT_GRAD_TILES = 128
 
 def fused(c_in: int, c_out: int) -> bool:
     """Whether a layer of these widths runs as one fused kernel (see WinogradPlan)."""
-    return max(c_in, c_out) <= FUSED_MAX_CHANNELS and c_in % 32 == 0 and c_out % 32 == 0
+    return max(c_in, c_out) <= FUSED_MAX_CHANNELS
 
 
 def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -> bool:
