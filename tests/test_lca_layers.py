@@ -308,3 +308,26 @@ def test_a_time_constant_too_small_for_the_dictionary_is_reported():
     layer = LCALinear(64, 8, tau=1.0, lca_iters=200, **RAW)  # ||D||^2 ~ 8 + ... > 2 * tau
     with pytest.raises(FloatingPointError, match="tau"):
         layer(torch.randn(4, 8))
+
+
+def test_fast_correlation_gives_the_direct_codes(monkeypatch):
+    # The LCA-RCNN frontend's shape (9x9 atoms, stride 2: 5x5 work-layout taps, 32+ features)
+    # correlates through the fused Winograd kernel; without the kernels it convolves directly.
+    from eplcanet.energy import native
+
+    if native.kernels() is None:
+        pytest.skip(f"no Winograd kernels here: {native.why_unavailable()}")
+    torch.manual_seed(21)
+    x = torch.randn(3, 3, 20, 20, dtype=torch.float64)
+    layer = LCAConv2D(out_neurons=32, in_neurons=3, kernel_size=9, stride=2, lambda_=0.3,
+                      tau=50.0, lca_iters=60, input_zero_mean=False,
+                      input_unit_var=False).double()
+    with torch.no_grad():
+        plan = layer._plan(x.shape[2:], x)
+        w = plan.weight(layer.weights)
+        residual = plan.to_work(x)
+        torch.testing.assert_close(plan.corr_for(w, 3)(residual), plan.corr(residual, w),
+                                   rtol=1e-10, atol=1e-10)
+        fast = layer(x)
+        monkeypatch.setattr(native, "kernels", lambda: None)
+        torch.testing.assert_close(layer(x), fast, rtol=1e-9, atol=1e-9)

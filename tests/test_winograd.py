@@ -220,3 +220,12 @@ def test_winograd_everywhere_runs_5x5_layers_like_the_direct_convolution():
     for a, b in zip(phi_param_grads(net, x, y, sa, -0.5, sb, 0.5),
                     phi_param_grads(direct, x, y, sa, -0.5, sb, 0.5)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_plans_refuse_tensors_of_another_shape_before_the_kernels_run():
+    plan = WinogradPlan(4, 5, 2, 12, 32, (20, 20), 0, torch.float64, "cpu")
+    u = transform_weight(torch.zeros(32, 12, 5, 5, dtype=torch.float64), 4)
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(2, 12, 20, 20\)"):
+        plan.forward(_cl(torch.zeros(2, 12, 40, 40, dtype=torch.float64)), u)
+    with pytest.raises(ValueError, match="in torch.float64, got"):
+        plan.forward(_cl(torch.zeros(2, 12, 20, 20)), u)

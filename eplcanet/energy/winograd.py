@@ -167,15 +167,24 @@ class WinogradPlan:
 
     def _input_tiles(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """B^T D B for every (zero-padded, overlapping) n x n input tile D of x, in buffer k."""
+        self._check(x, self.c_in, self.in_hw, "inputs")
         v = self._buf(k, self.c_in)
         native.call("tiles_in", _nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
                     *self._geometry(), self.bt, v)
         return v
 
+    def _check(self, t: torch.Tensor, channels: int, hw, what: str) -> None:
+        """The C kernels trust the shapes they are given: check them here."""
+        expected = (self.batch, channels, *hw)
+        if tuple(t.shape) != expected or t.dtype != self.bt.dtype:
+            raise ValueError(f"this plan takes {what} of shape {expected} in {self.bt.dtype}, "
+                             f"got {tuple(t.shape)} in {t.dtype}")
+
     def _check_grad(self, g: torch.Tensor) -> None:
         if tuple(g.shape[-2:]) != self.out_hw:
             raise ValueError(f"this convolution gives {self.out_hw} maps, got gradients of "
                              f"{tuple(g.shape[-2:])}")
+        self._check(g, self.c_out, self.out_hw, "output gradients")
 
     def _output_grad_tiles(self, g: torch.Tensor, k: int) -> torch.Tensor:
         """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
@@ -201,6 +210,7 @@ class WinogradPlan:
     def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         """conv(x) (+ bias); out: a contiguous (batch, H_out, W_out, C_out) tensor to write to."""
+        self._check(x, self.c_in, self.in_hw, "inputs")
         out = x.new_empty(self.batch, *self.out_hw, self.c_out) if out is None else out
         if self.fused:
             self._fused(False, x, out, u, bias)

@@ -73,6 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..energy import native
+from ..energy.winograd import KERNELS, TILE, WinogradPlan, transform_weight
 from .base import SparseCoder
 from .metrics import times_active_by_feature
 from .preproc import make_unit_var, make_zero_mean
@@ -188,6 +190,29 @@ class _Plan:
         """D^T applied to a work-layout residual: the code-space drive."""
         return _CONV[self.nd](residual, w)
 
+    def corr_for(self, w: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
+        """residual -> corr(residual, w) for residuals of `batch` samples, for a solver loop run
+        without autograd: through the fused Winograd kernel (``eplcanet.energy.winograd``) for
+        2D layers on CPU in fp32/fp64 whose work-layout kernel is 3x3 or 5x5
+        with at least 32 features (the LCA-RCNN frontend's 12 -> 64 channels: 1.3x oneDNN's
+        convolution); the direct convolution otherwise. The reconstruction stays direct: with
+        few output channels (12) oneDNN's transposed convolution was faster."""
+        taps = self.taps[0] if self.nd == 2 and self.taps[0] == self.taps[-1] else 0
+        fast = (
+            taps in KERNELS
+            and w.shape[0] >= 32
+            and w.device.type == "cpu"
+            and w.dtype in (torch.float32, torch.float64)
+            and native.kernels() is not None
+        )
+        if not fast:
+            return lambda residual: self.corr(residual, w)
+        work_hw = [lo + taps - 1 for lo in self.code_spatial]  # after space-to-depth
+        plan = WinogradPlan(TILE, taps, batch, w.shape[1], w.shape[0], work_hw, 0, w.dtype,
+                            w.device)
+        u = transform_weight(w.detach(), TILE)
+        return lambda residual: plan.forward(residual, u)
+
 
 class _LinearPlan:
     """The identity layout of LCALinear: x (N, in_neurons), codes (N, out_neurons)."""
@@ -213,6 +238,10 @@ class _LinearPlan:
 
     def corr(self, residual: Tensor, w: Tensor) -> Tensor:
         return residual @ w.T
+
+    def corr_for(self, w: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
+        """residual -> corr(residual, w), as _Plan.corr_for."""
+        return lambda residual: self.corr(residual, w)
 
 
 def _as_tuple(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]:
@@ -708,6 +737,7 @@ class _LCABase(SparseCoder):
         )
         # Without autograd every elementwise step writes into preallocated buffers (out=...).
         ip = not grad
+        corr = plan.corr_for(w, x.shape[0]) if ip else (lambda residual: plan.corr(residual, w))
         if drive_scaling is not None:
             drive_scaling = drive_scaling.to(x.dtype).contiguous(memory_format=mf)
         # Squared norm of input positions cropped off the work layout (a constant energy term).
@@ -777,7 +807,7 @@ class _LCABase(SparseCoder):
                     record(done - 1, res_buf, a)
                 if done == iters or converged(done, res_buf, a):
                     break
-                c = plan.corr(res_buf, w)
+                c = corr(res_buf)
                 c = torch.add(c, a, out=c if ip else None)
                 if drive_scaling is not None:
                     c = torch.add(c, drive_scaling, out=c if ip else None)
@@ -799,7 +829,7 @@ class _LCABase(SparseCoder):
             a_new = diff = probe = None
             for it in range(1, iters + 1):
                 res_buf = residual(y, res_buf if ip else None)
-                c = plan.corr(res_buf, w)
+                c = corr(res_buf)
                 if drive_scaling is not None:
                     c = torch.add(c, drive_scaling, out=c if ip else None)
                 v = torch.add(y, c, alpha=step, out=v if ip else None)
