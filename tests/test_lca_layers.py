@@ -310,7 +310,7 @@ def test_a_time_constant_too_small_for_the_dictionary_is_reported():
         layer(torch.randn(4, 8))
 
 
-def test_fast_correlation_gives_the_direct_codes(monkeypatch):
+def test_fast_reconstruction_and_correlation_give_the_direct_codes(monkeypatch):
     # The LCA-RCNN frontend's shape (9x9 atoms, stride 2: 5x5 work-layout taps, 32+ features)
     # correlates through the fused Winograd kernel; without the kernels it convolves directly.
     from eplcanet.energy import native
@@ -326,8 +326,11 @@ def test_fast_correlation_gives_the_direct_codes(monkeypatch):
         plan = layer._plan(x.shape[2:], x)
         w = plan.weight(layer.weights)
         residual = plan.to_work(x)
-        torch.testing.assert_close(plan.corr_for(w, 3)(residual), plan.corr(residual, w),
-                                   rtol=1e-10, atol=1e-10)
+        recon, corr = plan.operators(w, 3, fast=True)
+        torch.testing.assert_close(corr(residual), plan.corr(residual, w), rtol=1e-10, atol=1e-10)
+        acts = torch.rand(3, 32, *plan.code_spatial, dtype=torch.float64)
+        acts = acts.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(recon(acts), plan.recon(acts, w), rtol=1e-10, atol=1e-10)
         fast = layer(x)
         monkeypatch.setattr(native, "kernels", lambda: None)
         torch.testing.assert_close(layer(x), fast, rtol=1e-9, atol=1e-9)

@@ -11,7 +11,7 @@ from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import phi_param_grads
 from eplcanet.energy.networks import P_CNN
 from eplcanet.energy.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
-                                      weight_grad_eligible, winograd_matrices)
+                                      transpose_weight, weight_grad_eligible, winograd_matrices)
 
 
 def _cl(t):
@@ -62,7 +62,7 @@ def test_forward_and_adjoint_equal_the_direct_convolutions(shape):
     ref = ref - bias.view(-1, 1, 1)
 
     g = _cl(torch.randn_like(ref))
-    back = plan.adjoint(g, u.transpose(1, 2).contiguous())
+    back = plan.adjoint(g, transpose_weight(u))
     torch.testing.assert_close(back, F.conv_transpose2d(g, w, padding=p), rtol=1e-10, atol=1e-10)
     # The adjoint identity <conv(x), g> = <x, conv^T(g)> holds whatever the tiling.
     torch.testing.assert_close((ref * g).sum(), (x * back).sum(), rtol=1e-10, atol=1e-10)
@@ -83,7 +83,7 @@ def test_weight_gradient_equals_the_direct_one(shape):
 def test_adjoint_rejects_maps_of_another_size():
     plan = WinogradPlan(4, 3, 2, 3, 4, (7, 7), 1, torch.float64, "cpu")
     with pytest.raises(ValueError, match=r"gives \(7, 7\) maps"):
-        plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 4, 3))
+        plan.adjoint(torch.zeros(2, 4, 6, 6, dtype=torch.float64), torch.zeros(36, 4, 32))
 
 
 def test_float32_error_is_rounding_sized():

@@ -237,20 +237,22 @@ int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m
     }                                                                                             \
     return 0;                                                                                     \
 }                                                                                                 \
-/* c (rows x N) = a (rows x K) @ w (K x N), row-major: blocks of 4 rows by NB columns keep      \
+/* c (rows x N) = a (rows x K) @ w (K x N, rows ldw apart): blocks of 4 rows by NB columns keep \
    4 * NB / 16 partial sums in vector registers; a last block narrower than NB takes the general \
-   loop. */                                                                                       \
+   loop unless w's rows are zero-padded past it. */                                                                                       \
 static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, int rows, int K,   \
-                     int N) {                                                                     \
+                     int N, int ldw) {                                                            \
     for (int o0 = 0; o0 < N; o0 += NB) {                                                          \
         const int nb = N - o0 < NB ? N - o0 : NB;                                                 \
+        /* w's rows padded to the block (ldw >= o0 + NB) give the fixed-width loop too. */        \
+        const int full = nb == NB || ldw >= o0 + NB;                                              \
         int r0 = 0;                                                                               \
         for (; r0 + 4 <= rows; r0 += 4) {                                                         \
             T acc[4][NB];                                                                         \
             for (int r = 0; r < 4; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;               \
-            if (nb == NB) {                                                                       \
+            if (full) {                                                                           \
                 for (int k = 0; k < K; k++) {                                                     \
-                    const T *wk = w + (long)k * N + o0;                                           \
+                    const T *wk = w + (long)k * ldw + o0;                                           \
                     for (int r = 0; r < 4; r++) {                                                 \
                         const T av = a[(long)(r0 + r) * K + k];                                   \
                         for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                     \
@@ -258,7 +260,7 @@ static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, in
                 }                                                                                 \
             } else {                                                                              \
                 for (int k = 0; k < K; k++) {                                                     \
-                    const T *wk = w + (long)k * N + o0;                                           \
+                    const T *wk = w + (long)k * ldw + o0;                                           \
                     for (int r = 0; r < 4; r++) {                                                 \
                         const T av = a[(long)(r0 + r) * K + k];                                   \
                         for (int o = 0; o < nb; o++) acc[r][o] += av * wk[o];                     \
@@ -272,7 +274,7 @@ static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, in
             T acc[NB];                                                                            \
             for (int o = 0; o < NB; o++) acc[o] = 0;                                              \
             for (int k = 0; k < K; k++) {                                                         \
-                const T av = a[(long)r0 * K + k], *wk = w + (long)k * N + o0;                     \
+                const T av = a[(long)r0 * K + k], *wk = w + (long)k * ldw + o0;                     \
                 for (int o = 0; o < nb; o++) acc[o] += av * wk[o];                                \
             }                                                                                     \
             for (int o = 0; o < nb; o++) c[(long)r0 * N + o0 + o] = acc[o];                       \
@@ -284,11 +286,12 @@ static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, in
    into x), for chunks of `per` images at a time: each thread takes whole chunks, transforms     \
    their tiles into its own slice of `work` (2 * n*n * per*th*tw * max(Ci, Co) values), runs     \
    the per-frequency products there and transforms the results out, so a chunk's tiles stay in  \
-   its core's cache. u: (n*n, Ci, Co) for the forward, (n*n, Co, Ci) (transposed) for the        \
-   adjoint. */                                                 \
+   its core's cache. u: (n*n, Ci, ldu) for the forward, (n*n, Co, ldu) (transposed) for the      \
+   adjoint, with ldu >= its output channels (the adjoint's rows are zero-padded to a multiple of  \
+   NB for the fixed-width products above). */                                                 \
 int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int Ci, int Co,       \
                    int pad, int m, int n, int th, int tw, const T *L_in, const T *u,              \
-                   const T *L_out, const T *bias, int per, T *work, int nthreads) {               \
+                   const T *L_out, const T *bias, int ldu, int per, T *work, int nthreads) {      \
     const int Ho = H + 2 * pad - (n - m), Wo = W + 2 * pad - (n - m);                             \
     const transform_##S##_fn t_in = adjoint ? pick_##S(n, m) : pick_##S(n, n);                   \
     const transform_##S##_fn t_out = adjoint ? pick_##S(n, n) : pick_##S(m, n);                   \
@@ -315,8 +318,8 @@ int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int C
                     }                                                                             \
                 }                                                                                 \
         for (int f = 0; f < nf; f++)                                                              \
-            gemm_##S(v + f * tiles * c_from, u + (long)f * c_from * c_to, p + f * tiles * c_to,   \
-                     (int)tiles, c_from, c_to);                                                   \
+            gemm_##S(v + f * tiles * c_from, u + (long)f * c_from * ldu, p + f * tiles * c_to,    \
+                     (int)tiles, c_from, c_to, ldu);                                              \
         if (adjoint) memset(dst + (long)b0 * H * W * Ci, 0, sizeof(T) * (b1 - b0) * H * W * Ci);  \
         for (int b = b0; b < b1; b++)                                                             \
             for (int i = 0; i < th; i++)                                                          \

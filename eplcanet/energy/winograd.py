@@ -79,6 +79,17 @@ def transform_weight(weight: torch.Tensor, m: int, out: torch.Tensor | None = No
     return out
 
 
+def transpose_weight(u: torch.Tensor) -> torch.Tensor:
+    """The transformed weight for the adjoint: u (n*n, C_in, C_out) with its channel axes
+    swapped, (n*n, C_out, C_in), its rows zero-padded to a multiple of GEMM_BLOCK columns: the
+    fused kernel's products then run at fixed width for any C_in (an LCA reconstruction's 12
+    channels ran 2.5x slower without the padding)."""
+    cols = -(-u.shape[1] // GEMM_BLOCK) * GEMM_BLOCK
+    u_t = u.new_zeros(u.shape[0], u.shape[2], cols)
+    u_t[..., :u.shape[1]] = u.transpose(1, 2)
+    return u_t
+
+
 def untransform_weight_grad(grad_u: torch.Tensor, m: int, r: int) -> torch.Tensor:
     """The adjoint of transform_weight: a gradient (n*n, C_in, C_out) with respect to the
     transformed weight, as one with respect to the weight, (C_out, C_in, r, r)."""
@@ -122,8 +133,8 @@ class WinogradPlan:
 
     ``forward(x, u)`` is ``F.conv2d(x, w, padding=p)`` and ``adjoint(g, u_t)`` is
     ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where
-    ``u = transform_weight(w, m)`` and ``u_t`` is u with its channel axes swapped
-    (n*n, C_out, C_in), contiguous; the results are channels-last. The tile transforms run in
+    ``u = transform_weight(w, m)`` and ``u_t = transpose_weight(u)``; the results are
+    channels-last. The tile transforms run in
     the C kernels of ``_tiles.c`` (``eplcanet.energy.native``), fused with the gathering of the
     tiles from the image and their scattering back; tiles are laid out frequency-major,
     (n*n, tiles, C).
@@ -205,7 +216,7 @@ class WinogradPlan:
         l_in, l_out = (self.a, self.b) if adjoint else (self.bt, self.at)
         native.call("conv_fused", int(adjoint), _nhwc(src), dst, self.batch, *self.in_hw,
                     self.c_in, self.c_out, self.p, *self._geometry(), l_in, weight, l_out, bias,
-                    per, work, threads)
+                    weight.shape[-1], per, work, threads)
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,7 +241,7 @@ class WinogradPlan:
             self._fused(True, g, out, u_t, None)
         else:
             z = self._output_grad_tiles(g, 0)
-            v = torch.bmm(z, u_t, out=self._buf(1, self.c_in))
+            v = torch.bmm(z, u_t[..., :self.c_in], out=self._buf(1, self.c_in))
             native.call("tiles_in_adjoint", v, self.batch, *self.in_hw, self.c_in, self.p,
                         *self._geometry(), self.b, out)
         return out.permute(0, 3, 1, 2)
@@ -255,6 +266,7 @@ KERNELS = (3, 5)  # F(4x4, 3x3) and F(4x4, 5x5)
 # 12x12: 1.0-2.5x, 64->128 at 8x8: 1.3x; 8->16: 0.3-0.4x, 3->32: 0.1-0.6x).
 AUTO_MIN_CHANNELS = {3: 128, 5: 32}
 TILE = 4  # F(4x4, r x r): m = 4 output rows and columns per tile
+GEMM_BLOCK = 32  # output columns of the fused kernel's product blocks (NB in _tiles.c)
 CHUNK_BYTES = 4 << 20
 # Layers at most this wide on both sides run as one fused kernel
 # per chunk of FUSED_TILES tiles; wider ones use MKL's batched products over the whole batch
@@ -341,8 +353,8 @@ class WinogradConvs:
         return plan
 
     def _weight(self, conv: torch.nn.Conv2d, transposed: bool = False) -> torch.Tensor:
-        """The transformed weight u (n*n, C_in, C_out), or with transposed its contiguous
-        (n*n, C_out, C_in) copy for the adjoint, both recomputed when the weight changes."""
+        """The transformed weight u (n*n, C_in, C_out), or with transposed its
+        ``transpose_weight`` copy for the adjoint, both recomputed when the weight changes."""
         w = conv.weight
         stamp = (w._version, w.data_ptr(), w.dtype, w.device)
         cached = self._weights.get(id(conv))
@@ -351,9 +363,9 @@ class WinogradConvs:
         elif cached[0] != stamp:  # the weight changed in place: so does its transform
             cached = (stamp, transform_weight(w, TILE, out=cached[1]), cached[2])
             if cached[2] is not None:
-                cached[2].copy_(cached[1].transpose(1, 2))
+                cached[2][..., :w.shape[1]] = cached[1].transpose(1, 2)
         if transposed and cached[2] is None:
-            cached = (*cached[:2], cached[1].transpose(1, 2).contiguous())
+            cached = (*cached[:2], transpose_weight(cached[1]))
         self._weights[id(conv)] = cached
         return cached[2] if transposed else cached[1]
 

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..energy import native
-from ..energy.winograd import KERNELS, TILE, WinogradPlan, transform_weight
+from ..energy.winograd import KERNELS, TILE, WinogradPlan, transform_weight, transpose_weight
 from .base import SparseCoder
 from .metrics import times_active_by_feature
 from .preproc import make_unit_var, make_zero_mean
@@ -190,28 +190,29 @@ class _Plan:
         """D^T applied to a work-layout residual: the code-space drive."""
         return _CONV[self.nd](residual, w)
 
-    def corr_for(self, w: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-        """residual -> corr(residual, w) for residuals of `batch` samples, for a solver loop run
-        without autograd: through the fused Winograd kernel (``eplcanet.energy.winograd``) for
-        2D layers on CPU in fp32/fp64 whose work-layout kernel is 3x3 or 5x5
-        with at least 32 features (the LCA-RCNN frontend's 12 -> 64 channels: 1.3x oneDNN's
-        convolution); the direct convolution otherwise. The reconstruction stays direct: with
-        few output channels (12) oneDNN's transposed convolution was faster."""
+    def operators(self, w: Tensor, batch: int, fast: bool):
+        """(acts -> recon(acts, w), residual -> corr(residual, w)) for `batch` samples, as the
+        solver loop calls them. With `fast` (a loop run without autograd) they go through the
+        fused Winograd kernel (``eplcanet.energy.winograd``) for 2D layers on CPU in fp32/fp64
+        whose work-layout kernel is 3x3 or 5x5 with at least 32 features: for the LCA-RCNN
+        frontend's 12 <-> 64 channels, 1.3x oneDNN's convolution and 1.35x its transposed
+        convolution. Otherwise, the direct ones."""
         taps = self.taps[0] if self.nd == 2 and self.taps[0] == self.taps[-1] else 0
-        fast = (
-            taps in KERNELS
+        if not (
+            fast
+            and taps in KERNELS
             and w.shape[0] >= 32
             and w.device.type == "cpu"
             and w.dtype in (torch.float32, torch.float64)
             and native.kernels() is not None
-        )
-        if not fast:
-            return lambda residual: self.corr(residual, w)
+        ):
+            return (lambda acts: self.recon(acts, w)), (lambda residual: self.corr(residual, w))
         work_hw = [lo + taps - 1 for lo in self.code_spatial]  # after space-to-depth
         plan = WinogradPlan(TILE, taps, batch, w.shape[1], w.shape[0], work_hw, 0, w.dtype,
                             w.device)
         u = transform_weight(w.detach(), TILE)
-        return lambda residual: plan.forward(residual, u)
+        u_t = transpose_weight(u)
+        return (lambda acts: plan.adjoint(acts, u_t)), (lambda residual: plan.forward(residual, u))
 
 
 class _LinearPlan:
@@ -239,9 +240,9 @@ class _LinearPlan:
     def corr(self, residual: Tensor, w: Tensor) -> Tensor:
         return residual @ w.T
 
-    def corr_for(self, w: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-        """residual -> corr(residual, w), as _Plan.corr_for."""
-        return lambda residual: self.corr(residual, w)
+    def operators(self, w: Tensor, batch: int, fast: bool):
+        """(recon, corr) as functions of their one argument, as _Plan.operators."""
+        return (lambda acts: self.recon(acts, w)), (lambda residual: self.corr(residual, w))
 
 
 def _as_tuple(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]:
@@ -737,7 +738,7 @@ class _LCABase(SparseCoder):
         )
         # Without autograd every elementwise step writes into preallocated buffers (out=...).
         ip = not grad
-        corr = plan.corr_for(w, x.shape[0]) if ip else (lambda residual: plan.corr(residual, w))
+        recon, corr = plan.operators(w, x.shape[0], fast=ip)
         if drive_scaling is not None:
             drive_scaling = drive_scaling.to(x.dtype).contiguous(memory_format=mf)
         # Squared norm of input positions cropped off the work layout (a constant energy term).
@@ -746,7 +747,7 @@ class _LCABase(SparseCoder):
         batch = x.shape[0]
 
         def residual(acts: Tensor, out: Tensor | None) -> Tensor:
-            rec = plan.recon(acts, w)
+            rec = recon(acts)
             if mask is None:
                 return torch.sub(xw, rec, out=out)
             return torch.addcmul(xw, mask, rec, value=-1.0, out=out)
