@@ -6,9 +6,9 @@ Phi on NCHW tensors (input drive included) and takes its gradient with autograd;
 it differentiates Phi at both equilibria by autograd and subtracts. Ours uses the closed-form
 dPhi/ds on channels-last tensors, with the input drive computed once per minibatch and the two
 nudged phases run as one batch; the update in closed form, state differences first; and
-Winograd F(4x4, r x r) convolutions for the wide 3x3 layers (--conv-algo auto, the default;
-the --conv-algo winograd rows time Winograd on every 3x3 and 5x5 layer against our own step
-with direct convolutions).
+Winograd F(4x4, r x r) convolutions for 3x3 layers with 128+ channels and 5x5 layers with 32+
+(--conv-algo auto, the default; the --conv-algo winograd rows time Winograd on every 3x3 and
+5x5 layer against our own step with direct convolutions).
 
 With direct convolutions ours gives the reference's parameter gradients, checked before timing
 in float64 (to 1e-7). Winograd rounds differently at each position of a tile, so where direct

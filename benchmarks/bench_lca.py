@@ -3,9 +3,9 @@
 The reference is LCA as LCA-PyTorch computes it: the lateral term a*G is one convolution of the
 codes with the F x F Gram kernel G = Phi*Phi - I (built once per forward pass, as there), then
 u <- u + (b - u - a*G) / tau. Ours evaluates the same update in residual form (one transposed
-convolution to reconstruct, one convolution to correlate, on a space-to-depth layout). The
-reference gets every advantage we take that applies to it: channels-last memory, in-place
-updates, no per-iteration allocation.
+convolution to reconstruct, one convolution to correlate, on a space-to-depth layout; on CPU
+both run as fused Winograd F(4x4, 5x5) kernels). The reference gets every advantage we take
+that applies to it: channels-last memory, in-place updates, no per-iteration allocation.
 
 Two objectives: the reference's Gram kernel uncrops the atoms, so it minimises the energy of the
 zero-padded input; our layer's 'same' padding crops them (the exact objective on the input). The

@@ -20,48 +20,35 @@
    compile-time constants: the loops unroll, and each pass keeps P independent partial sums (one
    vector register each) so that the multiply-adds do not wait on one another. */
 #define DEFINE_TRANSFORM(T, S, P, Q)                                                              \
+/* dst[p] = sum_q L[p][q] src[q] for p < P, on CH-channel vectors src_stride and dst_stride       \
+   apart: one pass along an axis of the tile, P independent partial sums. */                     \
+static inline void mix_##S##_##P##x##Q(const T *restrict L, const T *restrict src,               \
+                                        long src_stride, T *restrict dst, long dst_stride) {      \
+    T acc[P][CH];                                                                                 \
+    _Pragma("GCC unroll 8")                                                                       \
+    for (int p = 0; p < P; p++)                                                                   \
+        _Pragma("omp simd")                                                                       \
+        for (int c = 0; c < CH; c++) acc[p][c] = 0;                                               \
+    for (int q = 0; q < Q; q++) {                                                                 \
+        const T *sq = src + q * src_stride;                                                       \
+        _Pragma("GCC unroll 8")                                                                   \
+        for (int p = 0; p < P; p++) {                                                             \
+            const T l = L[p * Q + q];                                                             \
+            _Pragma("omp simd")                                                                   \
+            for (int c = 0; c < CH; c++) acc[p][c] += l * sq[c];                                  \
+        }                                                                                         \
+    }                                                                                             \
+    _Pragma("GCC unroll 8")                                                                       \
+    for (int p = 0; p < P; p++)                                                                   \
+        _Pragma("omp simd")                                                                       \
+        for (int c = 0; c < CH; c++) dst[p * dst_stride + c] = acc[p][c];                         \
+}                                                                                                 \
 static void transform_##S##_##P##x##Q(const T *restrict L, const T *restrict x, T *restrict y) {   \
     T tmp[P][Q][CH];                                                                              \
-    for (int j = 0; j < Q; j++) {                                                                 \
-        T acc[P][CH];                                                                             \
-        _Pragma("GCC unroll 8")                                                                   \
-        for (int a = 0; a < P; a++)                                                               \
-            _Pragma("omp simd")                                                                   \
-            for (int c = 0; c < CH; c++) acc[a][c] = 0;                                           \
-        for (int i = 0; i < Q; i++) {                                                             \
-            const T *xi = x + (i * Q + j) * CH;                                                   \
-            _Pragma("GCC unroll 8")                                                               \
-            for (int a = 0; a < P; a++) {                                                         \
-                const T l = L[a * Q + i];                                                         \
-                _Pragma("omp simd")                                                               \
-                for (int c = 0; c < CH; c++) acc[a][c] += l * xi[c];                              \
-            }                                                                                     \
-        }                                                                                         \
-        _Pragma("GCC unroll 8")                                                                   \
-        for (int a = 0; a < P; a++)                                                               \
-            _Pragma("omp simd")                                                                   \
-            for (int c = 0; c < CH; c++) tmp[a][j][c] = acc[a][c];                                \
-    }                                                                                             \
-    for (int a = 0; a < P; a++) {                                                                 \
-        T acc[P][CH];                                                                             \
-        _Pragma("GCC unroll 8")                                                                   \
-        for (int b = 0; b < P; b++)                                                               \
-            _Pragma("omp simd")                                                                   \
-            for (int c = 0; c < CH; c++) acc[b][c] = 0;                                           \
-        for (int j = 0; j < Q; j++) {                                                             \
-            const T *t = tmp[a][j];                                                               \
-            _Pragma("GCC unroll 8")                                                               \
-            for (int b = 0; b < P; b++) {                                                         \
-                const T l = L[b * Q + j];                                                         \
-                _Pragma("omp simd")                                                               \
-                for (int c = 0; c < CH; c++) acc[b][c] += l * t[c];                               \
-            }                                                                                     \
-        }                                                                                         \
-        _Pragma("GCC unroll 8")                                                                   \
-        for (int b = 0; b < P; b++)                                                               \
-            _Pragma("omp simd")                                                                   \
-            for (int c = 0; c < CH; c++) y[(a * P + b) * CH + c] = acc[b][c];                     \
-    }                                                                                             \
+    for (int j = 0; j < Q; j++)  /* along the first axis: tmp[a][j] = sum_i L[a][i] x[i][j] */   \
+        mix_##S##_##P##x##Q(L, x + j * CH, (long)Q * CH, &tmp[0][j][0], (long)Q * CH);            \
+    for (int a = 0; a < P; a++)  /* then the second: y[a][b] = sum_j L[b][j] tmp[a][j] */        \
+        mix_##S##_##P##x##Q(L, &tmp[a][0][0], CH, y + a * P * CH, CH);                            \
 }
 
 /* The (P, Q) pairs of F(4x4, 3x3) (n = 6) and F(4x4, 5x5) (n = 8): B^T (n x n), A^T (4 x n),
@@ -237,47 +224,40 @@ int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m
     }                                                                                             \
     return 0;                                                                                     \
 }                                                                                                 \
-/* c (rows x N) = a (rows x K) @ w (K x N, rows ldw apart): blocks of 4 rows by NB columns keep \
-   4 * NB / 16 partial sums in vector registers; a last block narrower than NB takes the general \
-   loop unless w's rows are zero-padded past it. */                                                                                       \
+/* c (rows x N) = a (rows x K) @ w (K x N, rows ldw apart), in blocks of R rows by NB columns   \
+   whose partial sums stay in vector registers; WIDTH columns of each block are computed (NB, a  \
+   compile-time constant, when w's rows reach that far, zero-padded if need be). */              \
+static inline __attribute__((always_inline)) void gemm_block_##S(const T *restrict a, const T *restrict w, T *restrict c,       \
+                                  int R, int K, int N, int ldw, int o0, int nb, int full) {       \
+    T acc[4][NB];                                                                                 \
+    for (int r = 0; r < R; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;                       \
+    for (int k = 0; k < K; k++) {                                                                 \
+        const T *wk = w + (long)k * ldw + o0;                                                     \
+        for (int r = 0; r < R; r++) {                                                             \
+            const T av = a[(long)r * K + k];                                                      \
+            if (full) for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                       \
+            else for (int o = 0; o < nb; o++) acc[r][o] += av * wk[o];                            \
+        }                                                                                         \
+    }                                                                                             \
+    for (int r = 0; r < R; r++)                                                                   \
+        for (int o = 0; o < nb; o++) c[(long)r * N + o0 + o] = acc[r][o];                         \
+}                                                                                                 \
 static void gemm_##S(const T *restrict a, const T *restrict w, T *restrict c, int rows, int K,   \
                      int N, int ldw) {                                                            \
     for (int o0 = 0; o0 < N; o0 += NB) {                                                          \
-        const int nb = N - o0 < NB ? N - o0 : NB;                                                 \
-        /* w's rows padded to the block (ldw >= o0 + NB) give the fixed-width loop too. */        \
-        const int full = nb == NB || ldw >= o0 + NB;                                              \
+        const int nb = N - o0 < NB ? N - o0 : NB, full = nb == NB || ldw >= o0 + NB;              \
+        /* Literal R and full at each call, so that the inlined block specialises. */             \
         int r0 = 0;                                                                               \
-        for (; r0 + 4 <= rows; r0 += 4) {                                                         \
-            T acc[4][NB];                                                                         \
-            for (int r = 0; r < 4; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;               \
-            if (full) {                                                                           \
-                for (int k = 0; k < K; k++) {                                                     \
-                    const T *wk = w + (long)k * ldw + o0;                                           \
-                    for (int r = 0; r < 4; r++) {                                                 \
-                        const T av = a[(long)(r0 + r) * K + k];                                   \
-                        for (int o = 0; o < NB; o++) acc[r][o] += av * wk[o];                     \
-                    }                                                                             \
-                }                                                                                 \
-            } else {                                                                              \
-                for (int k = 0; k < K; k++) {                                                     \
-                    const T *wk = w + (long)k * ldw + o0;                                           \
-                    for (int r = 0; r < 4; r++) {                                                 \
-                        const T av = a[(long)(r0 + r) * K + k];                                   \
-                        for (int o = 0; o < nb; o++) acc[r][o] += av * wk[o];                     \
-                    }                                                                             \
-                }                                                                                 \
-            }                                                                                     \
-            for (int r = 0; r < 4; r++)                                                           \
-                for (int o = 0; o < nb; o++) c[(long)(r0 + r) * N + o0 + o] = acc[r][o];          \
-        }                                                                                         \
-        for (; r0 < rows; r0++) {                                                                 \
-            T acc[NB];                                                                            \
-            for (int o = 0; o < NB; o++) acc[o] = 0;                                              \
-            for (int k = 0; k < K; k++) {                                                         \
-                const T av = a[(long)r0 * K + k], *wk = w + (long)k * ldw + o0;                     \
-                for (int o = 0; o < nb; o++) acc[o] += av * wk[o];                                \
-            }                                                                                     \
-            for (int o = 0; o < nb; o++) c[(long)r0 * N + o0 + o] = acc[o];                       \
+        if (full) {                                                                               \
+            for (; r0 + 4 <= rows; r0 += 4)                                                       \
+                gemm_block_##S(a + (long)r0 * K, w, c + (long)r0 * N, 4, K, N, ldw, o0, nb, 1);   \
+            for (; r0 < rows; r0++)                                                               \
+                gemm_block_##S(a + (long)r0 * K, w, c + (long)r0 * N, 1, K, N, ldw, o0, nb, 1);   \
+        } else {                                                                                  \
+            for (; r0 + 4 <= rows; r0 += 4)                                                       \
+                gemm_block_##S(a + (long)r0 * K, w, c + (long)r0 * N, 4, K, N, ldw, o0, nb, 0);   \
+            for (; r0 < rows; r0++)                                                               \
+                gemm_block_##S(a + (long)r0 * K, w, c + (long)r0 * N, 1, K, N, ldw, o0, nb, 0);   \
         }                                                                                         \
     }                                                                                             \
 }                                                                                                 \
