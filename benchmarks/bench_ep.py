@@ -51,7 +51,7 @@ from eplcanet.energy.dynamics import relax, relax_autograd
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads_autograd
 from eplcanet.energy.networks import P_CNN, EnergyNet
-from eplcanet.energy.winograd import eligible
+from eplcanet.kernels.winograd import eligible
 from eplcanet.experiment import build_model, build_optimizer, phases_of
 from eplcanet.lca_experiment import build_lca_cnn
 from eplcanet.train import precision_context, train_epoch

@@ -313,7 +313,7 @@ def test_a_time_constant_too_small_for_the_dictionary_is_reported():
 def test_fast_reconstruction_and_correlation_give_the_direct_codes(monkeypatch):
     # The LCA-RCNN frontend's shape (9x9 atoms, stride 2: 5x5 work-layout taps, 32+ features)
     # correlates through the fused Winograd kernel; without the kernels it convolves directly.
-    from eplcanet.energy import native
+    from eplcanet.kernels import native
 
     if native.kernels() is None:
         pytest.skip(f"no Winograd kernels here: {native.why_unavailable()}")

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from eplcanet.energy import native
+from eplcanet.kernels import native
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.networks import P_CNN
-from eplcanet.energy.winograd import eligible, winograd_matrices
+from eplcanet.kernels.winograd import eligible, winograd_matrices
 
 HAS_COMPILER = any([os.environ.get("CC"), shutil.which("cc"), shutil.which("gcc")])
 

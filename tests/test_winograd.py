@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import phi_param_grads
 from eplcanet.energy.networks import P_CNN
-from eplcanet.energy.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
+from eplcanet.kernels.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
                                       transpose_weight, weight_grad_eligible, winograd_matrices)
 
 

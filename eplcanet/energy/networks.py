@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from . import native
-from .winograd import WinogradConvs, eligible, weight_grad_eligible
+from ..kernels import native
+from ..kernels.winograd import WinogradConvs, eligible, weight_grad_eligible
 
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
@@ -176,7 +176,7 @@ class EnergyNet(nn.Module):
     @property
     def conv_algo(self) -> str:
         """How the relaxation steps and the update convolve. 'auto': Winograd F(4x4, r x r)
-        (``eplcanet.energy.winograd``) where it was measured to pay (stride-1 synapses, 3x3 with
+        (``eplcanet.kernels.winograd``) where it was measured to pay (stride-1 synapses, 3x3 with
         128+ channels or 5x5 with 32+, on CPU in fp32 or fp64, when its C kernels could be
         built), the direct convolution of oneDNN / cuDNN elsewhere; 'winograd': Winograd for
         every stride-1 3x3 and 5x5 synapse it can run; 'direct': never. They agree to float

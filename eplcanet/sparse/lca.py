@@ -73,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..energy import native
-from ..energy.winograd import KERNELS, TILE, WinogradPlan, transform_weight, transpose_weight
+from ..kernels import native
+from ..kernels.winograd import KERNELS, TILE, WinogradPlan, transform_weight, transpose_weight
 from .base import SparseCoder
 from .metrics import times_active_by_feature
 from .preproc import make_unit_var, make_zero_mean
@@ -193,7 +193,7 @@ class _Plan:
     def operators(self, w: Tensor, batch: int, fast: bool):
         """(acts -> recon(acts, w), residual -> corr(residual, w)) for `batch` samples, as the
         solver loop calls them. With `fast` (a loop run without autograd) they go through the
-        fused Winograd kernel (``eplcanet.energy.winograd``) for 2D layers on CPU in fp32/fp64
+        fused Winograd kernel (``eplcanet.kernels.winograd``) for 2D layers on CPU in fp32/fp64
         whose work-layout kernel is 3x3 or 5x5 with at least 32 features: for the LCA-RCNN
         frontend's 12 <-> 64 channels, 1.3x oneDNN's convolution and 1.35x its transposed
         convolution. Otherwise, the direct ones."""

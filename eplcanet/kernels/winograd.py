@@ -5,7 +5,7 @@ needs n^2 = (m + r - 1)^2 multiplies per tile and channel pair instead of m^2 r^
 does a quarter of the multiply-adds of the direct convolution, in one batched matrix product per
 tile frequency (n^2 products of (tiles x C_in) by (C_in x C_out)). The tile transforms apply
 the 1-D ones on both axes of a tile; they run in small C kernels (``_tiles.c``, compiled at
-first use by ``eplcanet.energy.native``) that gather the tiles straight from the channels-last
+first use by ``eplcanet.kernels.native``) that gather the tiles straight from the channels-last
 image, zero padding included, and scatter the results back, so the data crosses memory once per
 transform. Layers up to FUSED_MAX_CHANNELS wide run as a single kernel that also does the
 per-frequency products, a few images at a time in each core's cache (see WinogradPlan). Without
@@ -135,7 +135,7 @@ class WinogradPlan:
     ``F.conv_transpose2d(g, w, padding=p)`` (of the input's size), where
     ``u = transform_weight(w, m)`` and ``u_t = transpose_weight(u)``; the results are
     channels-last. The tile transforms run in
-    the C kernels of ``_tiles.c`` (``eplcanet.energy.native``), fused with the gathering of the
+    the C kernels of ``_tiles.c`` (``eplcanet.kernels.native``), fused with the gathering of the
     tiles from the image and their scattering back; tiles are laid out frequency-major,
     (n*n, tiles, C).
 

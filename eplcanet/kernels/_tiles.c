@@ -1,6 +1,6 @@
 /* Winograd tile transforms on channels-last tensors, fused with the gather and scatter of tiles.
  *
- * Built and loaded at first use by eplcanet/energy/native.py. Each transform applies a small
+ * Built and loaded at first use by eplcanet/kernels/native.py. Each transform applies a small
  * matrix L (p x q, row-major) on both axes of every q x q tile and channel, Y = L X L^T, with the
  * channels innermost so that the compiler vectorises over them. Tiles in the frequency domain are
  * laid out frequency-major, (p * p, tiles, C), for the per-frequency matrix products that follow.
