@@ -64,10 +64,10 @@ def test_calls_with_a_wrong_dtype_layout_or_tile_size_are_refused():
     bt = winograd_matrices(4, 3)[2].contiguous()
     x = torch.zeros(1, 6, 6, 2, dtype=torch.float64)
     out = torch.zeros(36, 4, 2, dtype=torch.float64)
-    native.call("tiles_in", x, 1, 6, 6, 2, 1, 4, 6, 2, 2, bt, out)  # fine
+    native.call("to_freqs", 0, x, 1, 6, 6, 2, 1, 4, 6, 2, 2, bt, out)  # fine
     with pytest.raises(TypeError, match="accepted: float32, float64"):
-        native.call("tiles_in", x.half(), 1, 6, 6, 2, 1, 4, 6, 2, 2, bt.half(), out.half())
+        native.call("to_freqs", 0, x.half(), 1, 6, 6, 2, 1, 4, 6, 2, 2, bt.half(), out.half())
     with pytest.raises(ValueError, match="contiguous"):
-        native.call("tiles_in", x.transpose(1, 2), 1, 6, 6, 2, 1, 4, 6, 2, 2, bt, out)
+        native.call("to_freqs", 0, x.transpose(1, 2), 1, 6, 6, 2, 1, 4, 6, 2, 2, bt, out)
     with pytest.raises(ValueError, match="no tile transform for these tile sizes"):
-        native.call("tiles_in", x, 1, 6, 6, 2, 1, 3, 5, 2, 2, bt, out)  # F(3x3, 3x3): n = 5
+        native.call("to_freqs", 0, x, 1, 6, 6, 2, 1, 3, 5, 2, 2, bt, out)  # F(3x3, 3x3): n = 5

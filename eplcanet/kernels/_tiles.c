@@ -137,11 +137,14 @@ static inline void get_freqs_##S(const T *buf, T *d, long tiles, long t, int C, 
     for (int f = 0; f < nf; f++) copy_block_##S(d + f * CH, buf + ((long)f * tiles + t) * C + c0, cc); \
 }                                                                                                 \
                                                                                                   \
-/* Input tiles: x (B, H, W, C) -> out (n*n, B*th*tw, C) = B^T D B of every n x n window D. */    \
-int tiles_in_##S(const T *x, int B, int H, int W, int C, int pad, int m, int n, int th, int tw, \
-                 const T *L, T *out) {                                                            \
+/* Tiles into the frequency domain, (n*n, B*th*tw, C) in out: input tiles B^T D B of every n x n \
+   window D of x (B, H, W, C), or with grad, output-gradient tiles A Y A^T of every m x m tile Y \
+   of g (B, H = Ho, W = Wo, C), zero beyond the output (pad unused). L is B^T (n x n), or A       \
+   (n x m) with grad. */                                                                          \
+int to_freqs_##S(int grad, const T *src, int B, int H, int W, int C, int pad, int m, int n,      \
+                 int th, int tw, const T *L, T *out) {                                            \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, n);                                          \
+    const transform_##S##_fn transform = grad ? pick_##S(n, m) : pick_##S(n, n);                  \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (long t = 0; t < tiles; t++) {                                                            \
@@ -149,7 +152,8 @@ int tiles_in_##S(const T *x, int B, int H, int W, int C, int pad, int m, int n, 
         const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
         for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
             const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            load_window_##S(x, b, i, j, H, W, C, pad, m, n, c0, cc, d);                           \
+            if (grad) load_tile_##S(src, b, i, j, H, W, C, m, c0, cc, d);                         \
+            else load_window_##S(src, b, i, j, H, W, C, pad, m, n, c0, cc, d);                    \
             transform(L, d, y);                                                                   \
             put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                    \
         }                                                                                         \
@@ -178,28 +182,7 @@ int tiles_out_##S(const T *in, int B, int Ho, int Wo, int C, int m, int n, int t
     return 0;                                                                                     \
 }                                                                                                 \
                                                                                                   \
-/* Output-gradient tiles: g (B, Ho, Wo, C) -> out (n*n, B*th*tw, C) = A Y A^T of every m x m     \
-   tile Y (zero beyond the output). L is A (n x m). */                                            \
-int tiles_grad_##S(const T *g, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,       \
-                   const T *L, T *out) {                                                          \
-    const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, m);                                          \
-    if (!transform) return 1;                                                                     \
-    _Pragma("omp parallel for schedule(static)")                                                  \
-    for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
-        const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
-        for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
-            const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            load_tile_##S(g, b, i, j, Ho, Wo, C, m, c0, cc, d);                                   \
-            transform(L, d, y);                                                                   \
-            put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                    \
-        }                                                                                         \
-    }                                                                                             \
-    return 0;                                                                                     \
-}                                                                                                 \
-                                                                                                  \
-/* The adjoint of tiles_in: in (n*n, B*th*tw, C) -> x (B, H, W, C), overwritten with the sum of  \
+/* The adjoint of to_freqs' input tiles: in (n*n, B*th*tw, C) -> x (B, H, W, C), overwritten with the sum of  \
    B V B^T over the windows that cover each position. L is B (n x n). One image per thread, so   \
    the overlapping windows of an image are added by one thread. */                                \
 int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m, int n, int th, \

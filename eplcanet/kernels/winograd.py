@@ -180,7 +180,7 @@ class WinogradPlan:
         """B^T D B for every (zero-padded, overlapping) n x n input tile D of x, in buffer k."""
         self._check(x, self.c_in, self.in_hw, "inputs")
         v = self._buf(k, self.c_in)
-        native.call("tiles_in", _nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
+        native.call("to_freqs", 0, _nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
                     *self._geometry(), self.bt, v)
         return v
 
@@ -201,7 +201,7 @@ class WinogradPlan:
         """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
         self._check_grad(g)
         z = self._buf(k, self.c_out)
-        native.call("tiles_grad", _nhwc(g), self.batch, *self.out_hw, self.c_out,
+        native.call("to_freqs", 1, _nhwc(g), self.batch, *self.out_hw, self.c_out, 0,
                     *self._geometry(), self.a, z)
         return z
 
