@@ -75,7 +75,7 @@ static inline void copy_block_##S(T *restrict dst, const T *restrict src, int cc
     else memcpy(dst, src, sizeof(T) * cc);                                                        \
 }                                                                                                 \
                                                                                                   \
-/* Per-tile pieces, for one block of cc <= CH channels starting at channel c0. */             \
+/* Per-tile pieces, for one block of cc <= CH channels starting at channel c0. */                 \
 /* The n x n input window of tile (i, j) of image b, zero outside the image. */                   \
 static inline void load_window_##S(const T *x, int b, int i, int j, int H, int W, int C, int pad, \
                                    int m, int n, int c0, int cc, T *d) {                          \
@@ -129,89 +129,91 @@ static inline void add_window_##S(const T *o, T *x, int b, int i, int j, int H, 
    buffer: to (put) or from (get) the CH-strided block d. */                                      \
 static inline void put_freqs_##S(const T *d, T *buf, long tiles, long t, int C, int nf, int c0,  \
                                  int cc) {                                                        \
-    for (int f = 0; f < nf; f++) copy_block_##S(buf + ((long)f * tiles + t) * C + c0, d + f * CH, cc); \
+    for (int f = 0; f < nf; f++)                                                                  \
+        copy_block_##S(buf + ((long)f * tiles + t) * C + c0, d + f * CH, cc);                     \
 }                                                                                                 \
 static inline void get_freqs_##S(const T *buf, T *d, long tiles, long t, int C, int nf, int c0,  \
                                  int cc) {                                                        \
     if (cc < CH) memset(d, 0, sizeof(T) * nf * CH);                                               \
-    for (int f = 0; f < nf; f++) copy_block_##S(d + f * CH, buf + ((long)f * tiles + t) * C + c0, cc); \
+    for (int f = 0; f < nf; f++)                                                                  \
+        copy_block_##S(d + f * CH, buf + ((long)f * tiles + t) * C + c0, cc);                     \
 }                                                                                                 \
                                                                                                   \
-/* Tiles into the frequency domain, (n*n, B*th*tw, C) in out: input tiles B^T D B of every n x n \
-   window D of x (B, H, W, C), or with grad, output-gradient tiles A Y A^T of every m x m tile Y \
-   of g (B, H = Ho, W = Wo, C), zero beyond the output (pad unused). L is B^T (n x n), or A       \
-   (n x m) with grad. */                                                                          \
-int to_freqs_##S(int grad, const T *src, int B, int H, int W, int C, int pad, int m, int n,      \
+/* One tile into the frequency domain, all its channel blocks, as tile t of `tiles` in the        \
+   frequency-major buffer out: the input tile B^T D B of the n x n window D of x (H x W, pad),    \
+   or with grad the output-gradient tile A Y A^T of the m x m tile Y of g (H x W = the output,    \
+   zero beyond it; pad unused). */                                                                \
+static inline void tile_to_freqs_##S(int grad, const T *src, int b, int i, int j, long t,         \
+                                     long tiles, int H, int W, int C, int pad, int m, int n,      \
+                                     transform_##S##_fn transform, const T *L, T *out) {          \
+    T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                                   \
+    for (int c0 = 0; c0 < C; c0 += CH) {                                                          \
+        const int cc = C - c0 < CH ? C - c0 : CH;                                                 \
+        if (grad) load_tile_##S(src, b, i, j, H, W, C, m, c0, cc, d);                             \
+        else load_window_##S(src, b, i, j, H, W, C, pad, m, n, c0, cc, d);                        \
+        transform(L, d, y);                                                                       \
+        put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                        \
+    }                                                                                             \
+}                                                                                                 \
+/* Tile t of `tiles` in the frequency-major buffer in, back to space, all its channel blocks:     \
+   the output tile A^T M A written (plus bias) to tile (i, j) of y (H x W = the output, cropped;  \
+   pad unused), or with adjoint the input window B V B^T added into window (i, j) of x (H x W,    \
+   pad). */                                                                                       \
+static inline void tile_from_freqs_##S(int adjoint, const T *in, int b, int i, int j, long t,     \
+                                       long tiles, int H, int W, int C, int pad, int m, int n,    \
+                                       transform_##S##_fn transform, const T *L, const T *bias,   \
+                                       T *dst) {                                                  \
+    T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                                   \
+    for (int c0 = 0; c0 < C; c0 += CH) {                                                          \
+        const int cc = C - c0 < CH ? C - c0 : CH;                                                 \
+        get_freqs_##S(in, d, tiles, t, C, n * n, c0, cc);                                         \
+        transform(L, d, y);                                                                       \
+        if (adjoint) add_window_##S(y, dst, b, i, j, H, W, C, pad, m, n, c0, cc);                 \
+        else store_tile_##S(y, dst, b, i, j, H, W, C, m, c0, cc, bias);                           \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* Tiles into the frequency domain, (n*n, B*th*tw, C) in out: input tiles of x (B, H, W, C), or   \
+   with grad output-gradient tiles of g (B, H = Ho, W = Wo, C). L is B^T (n x n), or A (n x m)    \
+   with grad. */                                                                                  \
+int to_freqs_##S(int grad, const T *src, int B, int H, int W, int C, int pad, int m, int n,       \
                  int th, int tw, const T *L, T *out) {                                            \
     const long tiles = (long)B * th * tw;                                                         \
     const transform_##S##_fn transform = grad ? pick_##S(n, m) : pick_##S(n, n);                  \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
-    for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
-        const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
-        for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
-            const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            if (grad) load_tile_##S(src, b, i, j, H, W, C, m, c0, cc, d);                         \
-            else load_window_##S(src, b, i, j, H, W, C, pad, m, n, c0, cc, d);                    \
-            transform(L, d, y);                                                                   \
-            put_freqs_##S(y, out, tiles, t, C, n * n, c0, cc);                                    \
-        }                                                                                         \
-    }                                                                                             \
+    for (long t = 0; t < tiles; t++)                                                              \
+        tile_to_freqs_##S(grad, src, (int)(t / ((long)th * tw)), (int)(t / tw % th),              \
+                          (int)(t % tw), t, tiles, H, W, C, pad, m, n, transform, L, out);        \
     return 0;                                                                                     \
 }                                                                                                 \
                                                                                                   \
-/* Output tiles: in (n*n, B*th*tw, C) -> y (B, Ho, Wo, C) = A^T M A of every tile M, cropped to  \
-   the output, plus bias (C values) when given. L is A^T (m x n). */                              \
-int tiles_out_##S(const T *in, int B, int Ho, int Wo, int C, int m, int n, int th, int tw,       \
-                  const T *L, const T *bias, T *y) {                                              \
+/* Tiles back from the frequency domain, in (n*n, B*th*tw, C): the output y (B, H = Ho, W = Wo,   \
+   C) of A^T M A plus bias (when given), or with adjoint x (B, H, W, C) overwritten with the sum  \
+   of B V B^T over the windows covering each position. L is A^T (m x n), or B (n x n) with        \
+   adjoint. One image per thread, so the overlapping windows of an image are added by one         \
+   thread. */                                                                                     \
+int from_freqs_##S(int adjoint, const T *in, int B, int H, int W, int C, int pad, int m, int n,   \
+                   int th, int tw, const T *L, const T *bias, T *dst) {                           \
     const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(m, n);                                          \
-    if (!transform) return 1;                                                                     \
-    _Pragma("omp parallel for schedule(static)")                                                  \
-    for (long t = 0; t < tiles; t++) {                                                            \
-        T d[MAXN * MAXN * CH], o[MAXN * MAXN * CH];                                               \
-        const int b = (int)(t / ((long)th * tw)), i = (int)(t / tw % th), j = (int)(t % tw);      \
-        for (int c0 = 0; c0 < C; c0 += CH) {                                                      \
-            const int cc = C - c0 < CH ? C - c0 : CH;                                             \
-            get_freqs_##S(in, d, tiles, t, C, n * n, c0, cc);                                     \
-            transform(L, d, o);                                                                   \
-            store_tile_##S(o, y, b, i, j, Ho, Wo, C, m, c0, cc, bias);                            \
-        }                                                                                         \
-    }                                                                                             \
-    return 0;                                                                                     \
-}                                                                                                 \
-                                                                                                  \
-/* The adjoint of to_freqs' input tiles: in (n*n, B*th*tw, C) -> x (B, H, W, C), overwritten with the sum of  \
-   B V B^T over the windows that cover each position. L is B (n x n). One image per thread, so   \
-   the overlapping windows of an image are added by one thread. */                                \
-int tiles_in_adjoint_##S(const T *in, int B, int H, int W, int C, int pad, int m, int n, int th, \
-                         int tw, const T *L, T *x) {                                              \
-    const long tiles = (long)B * th * tw;                                                         \
-    const transform_##S##_fn transform = pick_##S(n, n);                                          \
+    const transform_##S##_fn transform = adjoint ? pick_##S(n, n) : pick_##S(m, n);               \
     if (!transform) return 1;                                                                     \
     _Pragma("omp parallel for schedule(static)")                                                  \
     for (int b = 0; b < B; b++) {                                                                 \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
-        memset(x + (long)b * H * W * C, 0, sizeof(T) * H * W * C);                                \
+        if (adjoint) memset(dst + (long)b * H * W * C, 0, sizeof(T) * H * W * C);                 \
         for (int i = 0; i < th; i++)                                                              \
-            for (int j = 0; j < tw; j++) {                                                        \
-                const long t = ((long)b * th + i) * tw + j;                                       \
-                for (int c0 = 0; c0 < C; c0 += CH) {                                              \
-                    const int cc = C - c0 < CH ? C - c0 : CH;                                     \
-                    get_freqs_##S(in, d, tiles, t, C, n * n, c0, cc);                             \
-                    transform(L, d, y);                                                           \
-                    add_window_##S(y, x, b, i, j, H, W, C, pad, m, n, c0, cc);                    \
-                }                                                                                 \
-            }                                                                                     \
+            for (int j = 0; j < tw; j++)                                                          \
+                tile_from_freqs_##S(adjoint, in, b, i, j, ((long)b * th + i) * tw + j, tiles, H,  \
+                                    W, C, pad, m, n, transform, L, bias, dst);                    \
     }                                                                                             \
     return 0;                                                                                     \
 }                                                                                                 \
 /* c (rows x N) = a (rows x K) @ w (K x N, rows ldw apart), in blocks of R rows by NB columns   \
    whose partial sums stay in vector registers; WIDTH columns of each block are computed (NB, a  \
    compile-time constant, when w's rows reach that far, zero-padded if need be). */              \
-static inline __attribute__((always_inline)) void gemm_block_##S(const T *restrict a, const T *restrict w, T *restrict c,       \
-                                  int R, int K, int N, int ldw, int o0, int nb, int full) {       \
+static inline __attribute__((always_inline)) void gemm_block_##S(                                 \
+        const T *restrict a, const T *restrict w, T *restrict c, int R, int K, int N, int ldw,    \
+        int o0, int nb, int full) {                                                               \
     T acc[4][NB];                                                                                 \
     for (int r = 0; r < R; r++) for (int o = 0; o < NB; o++) acc[r][o] = 0;                       \
     for (int k = 0; k < K; k++) {                                                                 \
@@ -264,38 +266,25 @@ int conv_fused_##S(int adjoint, const T *src, T *dst, int B, int H, int W, int C
     const long slot = 2L * nf * per * th * tw * (Ci > Co ? Ci : Co);                              \
     _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                            \
     for (int k = 0; k < chunks; k++) {                                                            \
-        T d[MAXN * MAXN * CH], y[MAXN * MAXN * CH];                                               \
         T *v = work + omp_get_thread_num() * slot, *p = v + slot / 2;                             \
         const int b0 = k * per, b1 = b0 + per < B ? b0 + per : B;                                 \
         const long tiles = (long)(b1 - b0) * th * tw;                                             \
         for (int b = b0; b < b1; b++)                                                             \
             for (int i = 0; i < th; i++)                                                          \
-                for (int j = 0; j < tw; j++) {                                                    \
-                    const long t = ((long)(b - b0) * th + i) * tw + j;                            \
-                    for (int c0 = 0; c0 < c_from; c0 += CH) {                                     \
-                        const int cc = c_from - c0 < CH ? c_from - c0 : CH;                       \
-                        if (adjoint) load_tile_##S(src, b, i, j, Ho, Wo, Co, m, c0, cc, d);       \
-                        else load_window_##S(src, b, i, j, H, W, Ci, pad, m, n, c0, cc, d);       \
-                        t_in(L_in, d, y);                                                         \
-                        put_freqs_##S(y, v, tiles, t, c_from, nf, c0, cc);                        \
-                    }                                                                             \
-                }                                                                                 \
+                for (int j = 0; j < tw; j++)                                                      \
+                    tile_to_freqs_##S(adjoint, src, b, i, j, ((long)(b - b0) * th + i) * tw + j,  \
+                                      tiles, adjoint ? Ho : H, adjoint ? Wo : W, c_from, pad, m,  \
+                                      n, t_in, L_in, v);                                          \
         for (int f = 0; f < nf; f++)                                                              \
             gemm_##S(v + f * tiles * c_from, u + (long)f * c_from * ldu, p + f * tiles * c_to,    \
                      (int)tiles, c_from, c_to, ldu);                                              \
         if (adjoint) memset(dst + (long)b0 * H * W * Ci, 0, sizeof(T) * (b1 - b0) * H * W * Ci);  \
         for (int b = b0; b < b1; b++)                                                             \
             for (int i = 0; i < th; i++)                                                          \
-                for (int j = 0; j < tw; j++) {                                                    \
-                    const long t = ((long)(b - b0) * th + i) * tw + j;                            \
-                    for (int c0 = 0; c0 < c_to; c0 += CH) {                                       \
-                        const int cc = c_to - c0 < CH ? c_to - c0 : CH;                           \
-                        get_freqs_##S(p, d, tiles, t, c_to, nf, c0, cc);                          \
-                        t_out(L_out, d, y);                                                       \
-                        if (adjoint) add_window_##S(y, dst, b, i, j, H, W, Ci, pad, m, n, c0, cc); \
-                        else store_tile_##S(y, dst, b, i, j, Ho, Wo, Co, m, c0, cc, bias);        \
-                    }                                                                             \
-                }                                                                                 \
+                for (int j = 0; j < tw; j++)                                                      \
+                    tile_from_freqs_##S(adjoint, p, b, i, j, ((long)(b - b0) * th + i) * tw + j,  \
+                                        tiles, adjoint ? H : Ho, adjoint ? W : Wo, c_to, pad, m,  \
+                                        n, t_out, L_out, bias, dst);                              \
     }                                                                                             \
     return 0;                                                                                     \
 }

@@ -228,7 +228,7 @@ class WinogradPlan:
         else:
             v = self._input_tiles(x, 0)
             prod = torch.bmm(v, u, out=self._buf(1, self.c_out))  # one product per frequency
-            native.call("tiles_out", prod, self.batch, *self.out_hw, self.c_out,
+            native.call("from_freqs", 0, prod, self.batch, *self.out_hw, self.c_out, 0,
                         *self._geometry(), self.at, bias, out)
         return out.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
@@ -242,8 +242,8 @@ class WinogradPlan:
         else:
             z = self._output_grad_tiles(g, 0)
             v = torch.bmm(z, u_t[..., :self.c_in], out=self._buf(1, self.c_in))
-            native.call("tiles_in_adjoint", v, self.batch, *self.in_hw, self.c_in, self.p,
-                        *self._geometry(), self.b, out)
+            native.call("from_freqs", 1, v, self.batch, *self.in_hw, self.c_in, self.p,
+                        *self._geometry(), self.b, None, out)
         return out.permute(0, 3, 1, 2)
 
     def weight_grad_into(self, x: torch.Tensor, g: torch.Tensor, acc: torch.Tensor,
