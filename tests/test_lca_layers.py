@@ -331,6 +331,10 @@ def test_fast_reconstruction_and_correlation_give_the_direct_codes(monkeypatch):
         acts = torch.rand(3, 32, *plan.code_spatial, dtype=torch.float64)
         acts = acts.contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(recon(acts), plan.recon(acts, w), rtol=1e-10, atol=1e-10)
+        # Under autocast the operators stay direct, in the precision autocast asks for.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            corr_amp = plan.operators(w.float(), 3, fast=True)[1]
+            assert corr_amp(residual.float()).dtype == torch.bfloat16
         fast = layer(x)
         monkeypatch.setattr(native, "kernels", lambda: None)
         torch.testing.assert_close(layer(x), fast, rtol=1e-9, atol=1e-9)

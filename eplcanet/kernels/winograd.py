@@ -285,6 +285,17 @@ def fused(c_in: int, c_out: int) -> bool:
     return max(c_in, c_out) <= FUSED_MAX_CHANNELS
 
 
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether the kernels can take tensors like t here and now: on CPU, in float32 or float64,
+    outside autocast (which asks for its own precision), with the kernels built."""
+    return (
+        t.device.type == "cpu"
+        and t.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled("cpu")
+        and native.kernels() is not None
+    )
+
+
 def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -> bool:
     """Whether `conv` applied to x (and its adjoint) takes the Winograd path: on CPU, in float32
     or float64 outside autocast and autograd (the relaxation steps), stride 1, a square kernel
@@ -294,11 +305,8 @@ def eligible(conv: torch.nn.Conv2d, x: torch.Tensor, everywhere: bool = False) -
     wide = everywhere or min(conv.in_channels, conv.out_channels) >= AUTO_MIN_CHANNELS.get(r, 1e9)
     return (
         wide
-        and x.device.type == "cpu"
-        and native.kernels() is not None
-        and x.dtype in (torch.float32, torch.float64)
+        and runs_on(x)
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
         and conv.kernel_size == (r, r)
         and r in KERNELS
         and conv.stride == (1, 1)

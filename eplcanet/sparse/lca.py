@@ -73,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import native
-from ..kernels.winograd import KERNELS, TILE, WinogradPlan, transform_weight, transpose_weight
+from ..kernels.winograd import (KERNELS, TILE, WinogradPlan, runs_on, transform_weight,
+                                transpose_weight)
 from .base import SparseCoder
 from .metrics import times_active_by_feature
 from .preproc import make_unit_var, make_zero_mean
@@ -194,18 +194,11 @@ class _Plan:
         """(acts -> recon(acts, w), residual -> corr(residual, w)) for `batch` samples, as the
         solver loop calls them. With `fast` (a loop run without autograd) they go through the
         fused Winograd kernel (``eplcanet.kernels.winograd``) for 2D layers on CPU in fp32/fp64
-        whose work-layout kernel is 3x3 or 5x5 with at least 32 features: for the LCA-RCNN
-        frontend's 12 <-> 64 channels, 1.3x oneDNN's convolution and 1.35x its transposed
-        convolution. Otherwise, the direct ones."""
+        outside autocast whose work-layout kernel is 3x3 or 5x5 with at least 32 features
+        (``runs_on``): for the LCA-RCNN frontend's 12 <-> 64 channels, 1.3x oneDNN's convolution
+        and 1.35x its transposed convolution. Otherwise, the direct ones."""
         taps = self.taps[0] if self.nd == 2 and self.taps[0] == self.taps[-1] else 0
-        if not (
-            fast
-            and taps in KERNELS
-            and w.shape[0] >= 32
-            and w.device.type == "cpu"
-            and w.dtype in (torch.float32, torch.float64)
-            and native.kernels() is not None
-        ):
+        if not (fast and taps in KERNELS and w.shape[0] >= 32 and runs_on(w)):
             return (lambda acts: self.recon(acts, w)), (lambda residual: self.corr(residual, w))
         work_hw = [lo + taps - 1 for lo in self.code_spatial]  # after space-to-depth
         plan = WinogradPlan(TILE, taps, batch, w.shape[1], w.shape[0], work_hw, 0, w.dtype,
