@@ -42,10 +42,8 @@ def step(
     `memo` (see ``relax``) carries pooled convolutions over from earlier steps.
     """
     new = list(states)
-    sweeps = update_sweeps(net, len(states))
-    if memo is None and len(sweeps) > 1:
-        memo = {}  # the later sweeps find the convolutions of the layers they leave unchanged
-    for layers in sweeps:
+    memo = {} if memo is None else memo  # later sweeps find the layers they leave unchanged
+    for layers in update_sweeps(net, len(states)):
         grads = net.phi_grad_states(drive, new, beta, y, set(layers), memo)
         for i in layers:
             new[i] = net.act(grads[i]).to(states[i].dtype)

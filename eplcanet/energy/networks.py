@@ -421,15 +421,14 @@ class EnergyNet(nn.Module):
     def _conv_grad_diff(self, out: dict, i: int, conv: nn.Conv2d, pa, pb, sa, sb) -> None:
         """<Pool(conv(p)), s>: gradient corr(p, Unpool(s)) (max-pool indices of conv(p)), so the
         difference is corr(p_b - p_a, U_b(s_b)) + corr(p_a, U_b(s_b) - U_a(s_a))."""
-        ha = self._conv(conv, pa)
-        _, idx_a = self._pool(i, ha)
+        _, idx_a, h_shape = self._pooled_conv(i, conv, pa, None)
         if pa is pb:  # the same pooling indices: unpool the state difference once
-            du = self._unpool(i, sb - sa, idx_a, ha.shape)
+            du = self._unpool(i, sb - sa, idx_a, h_shape)
             inp, grad = pa, du
         else:
-            hb = self._conv(conv, pb)
-            ub = self._unpool(i, sb, self._pool(i, hb)[1], hb.shape)
-            du = ub - self._unpool(i, sa, idx_a, ha.shape)
+            _, idx_b, _ = self._pooled_conv(i, conv, pb, None)
+            ub = self._unpool(i, sb, idx_b, h_shape)
+            du = ub - self._unpool(i, sa, idx_a, h_shape)
             inp, grad = torch.cat([pb - pa, pa]), torch.cat([ub, du])
         out[conv.weight] = self._conv_weight_grad(conv, inp, grad)
         if conv.bias is not None:
