@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
+from .pool_ties import first_identical
 from ..kernels import native
 from ..kernels.winograd import WinogradConvs, eligible, weight_grad_eligible
 
@@ -266,7 +267,10 @@ class EnergyNet(nn.Module):
             if hit is not None and hit[0] is s_prev and hit[1] == s_prev._version:
                 return hit[2]
         h = self._conv(conv, s_prev)
-        out = (*self._pool(i, h), h.shape)
+        pooled, idx = self._pool(i, h)
+        if idx is not None:  # exact ties go to the first position, whatever h's rounding
+            idx = first_identical(idx, s_prev, conv, h.shape[-2:])
+        out = (pooled, idx, h.shape)
         if memo is not None:
             memo[conv] = (s_prev, s_prev._version, out)
         return out
