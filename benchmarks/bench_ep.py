@@ -185,8 +185,7 @@ def minibatch_rows(quick: bool, device: str = "cpu") -> list[Row]:
             with precision_context("bf16", device):
                 ep_grads(_stepped(net), x, y, phases)
 
-        direct = copy.deepcopy(net)
-        direct.conv_algo = "direct"
+        direct = net.with_relaxation(conv_algo="direct")
         check_same_grads(direct, ref, x, y, phases)
         reference_ep(ref, x, y, phases)
         ref_g = _grads(ref)
@@ -219,8 +218,8 @@ def step_rows(quick: bool) -> list[Row]:
         net = build(in_shape, channels, kernel, padding)
         ref = reference_net(net)
         x = torch.rand(batch, *in_shape)
-        direct, winograd = copy.deepcopy(net), copy.deepcopy(net)
-        direct.conv_algo, winograd.conv_algo = "direct", "winograd"
+        direct = net.with_relaxation(conv_algo="direct")
+        winograd = net.with_relaxation(conv_algo="winograd")
         with torch.no_grad():
             drive = net.input_drive(x)
             states = relax(net, drive, net.init_states(batch), 3)
@@ -231,8 +230,7 @@ def step_rows(quick: bool) -> list[Row]:
             t_fast, t_direct = time_pair(lambda: relax(winograd, drive, states, steps),
                                          lambda: relax(direct, drive, states, steps),
                                          repeat=3 if quick else 5)
-            alternate = copy.deepcopy(net)
-            alternate.update_order = "alternate"
+            alternate = net.with_relaxation(update_order="alternate")
             t_alt, t_sync = time_pair(lambda: relax(alternate, drive, states, steps),
                                       lambda: relax(net, drive, states, steps),
                                       repeat=3 if quick else 5)

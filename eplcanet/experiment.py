@@ -13,6 +13,7 @@ import torch
 
 from . import distributed, plots, runs
 from .data import WithIndex, load_task, make_loader
+from .energy.dynamics import Relaxation
 from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
@@ -44,17 +45,15 @@ def seed_everything(seed: int) -> None:
 def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
     """The network named by --model for inputs of shape in_shape (C, H, W), relaxing with the
     --updates order."""
-    net = _build_network(args, in_shape, n_classes)
-    net.update_order = args.updates
-    net.conv_algo = args.conv_algo
-    return net
+    return _build_network(args, in_shape, n_classes)
 
 
 def _build_network(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
     if args.fc[-1] != n_classes and args.model != "MLP":
         raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
                          f"classes of --task {args.task} ({n_classes})")
-    common = dict(act=args.act, softmax=args.softmax, loss=args.loss, scale=args.scale)
+    common = dict(act=args.act, softmax=args.softmax, loss=args.loss, scale=args.scale,
+                  relaxation=Relaxation(args.updates, args.conv_algo))
     if args.model == "MLP":
         d = int(np.prod(in_shape))
         archi = args.archi if args.archi else [d, *args.fc]

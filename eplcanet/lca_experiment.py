@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import make_loader
+from .energy.dynamics import Relaxation
 from .energy.lcacnn import DICT_MODES, LCA_CNN
 from .sparse import DictionaryFileError, load_dictionary, make_sparse_coder, save_dictionary
 from .sparse.analysis import save_feature_grid
@@ -210,7 +211,8 @@ def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int]) -> L
     try:
         net = LCA_CNN(in_shape, coder, args.channels, args.kernels, args.strides, args.paddings,
                       args.pools, args.fc, act=args.act, softmax=args.softmax, loss=args.loss,
-                      scale=args.scale, scale_feedback=args.scale_feedback,
+                      scale=args.scale, relaxation=Relaxation(args.updates, args.conv_algo),
+                      scale_feedback=args.scale_feedback,
                       dict_training=args.dict_training, dict_update_every=args.dict_update_every)
     except ValueError as err:
         _fail(f"--model LCACNN on {in_shape} images: {err}")

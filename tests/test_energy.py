@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eplcanet.energy.activations import ACTIVATIONS, get_activation
-from eplcanet.energy.dynamics import autograd_step, relax, relax_autograd, step
+from eplcanet.energy.dynamics import Relaxation, autograd_step, relax, relax_autograd, step
 from eplcanet.energy.learning import (
     Phases,
     ep_grads,
@@ -224,27 +224,25 @@ def test_states_and_weights_stay_channels_last_with_one_input_channel():
 
 
 def _alternating(net):
-    net.update_order = "alternate"
-    return net
+    return net.with_relaxation(update_order="alternate")
 
 
 @pytest.mark.parametrize("pools", ["mm", "ai"])
 @pytest.mark.parametrize("softmax", [False, True])
 def test_alternate_step_equals_autograd_of_phi_even_then_odd(pools, softmax):
     torch.manual_seed(12)
-    net = _alternating(_cnn(pools, softmax, "cel"))
+    net = _cnn(pools, softmax, "cel")
+    alternate = _alternating(net)
     x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
     s = _random_states(net)
     for beta in (0.0, 0.6):
-        ours = step(net, net.input_drive(x), s, beta, y)
+        ours = step(alternate, alternate.input_drive(x), s, beta, y)
         # independent reference: one full autograd update, keep the even layers; a second one
         # from those states, keep the odd layers
-        net.update_order = "sync"
         first = autograd_step(net, x, s, beta, y)
         mixed = [first[i] if i % 2 == 0 else s[i] for i in range(len(s))]
         second = autograd_step(net, x, mixed, beta, y)
         ref = [mixed[i] if i % 2 == 0 else second[i] for i in range(len(s))]
-        net.update_order = "alternate"
         for a, b in zip(ours, ref):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -256,12 +254,13 @@ def test_alternate_relaxation_reuses_unchanged_convolutions_and_gives_the_same_s
               loss="cel").to(D)
     x, y = torch.rand(4, 2, 12, 12, dtype=D), torch.randint(0, 10, (4,))
     drive, start = net.input_drive(x), _random_states(net, 4)
+    twin = _alternating(net)
     calls = []
-    convolve = net._conv
-    net._conv = lambda conv, s: calls.append(conv) or convolve(conv, s)
+    for m in (net, twin):
+        m._conv = lambda conv, s, convolve=m._conv: calls.append(conv) or convolve(conv, s)
     sync = relax(net, drive, start, 5, 0.3, y)
     n_sync = len(calls)
-    alternate = relax(_alternating(net), drive, start, 5, 0.3, y)
+    alternate = relax(twin, drive, start, 5, 0.3, y)
     n_alternate = len(calls) - n_sync
     # Each synapse's convolution is needed in both sweeps, and its input changes in only one:
     # beyond the first step, an alternating step convolves no more than a synchronous one
@@ -277,6 +276,41 @@ def test_alternate_relaxation_reuses_unchanged_convolutions_and_gives_the_same_s
                 ref[i] = net.act(grads[i])
     assert all(torch.equal(a, b) for a, b in zip(alternate, ref))
     assert not all(torch.equal(a, b) for a, b in zip(alternate, sync))
+
+
+def _every_network_class(relaxation):
+    from eplcanet.energy.lcacnn import LCA_CNN
+    from eplcanet.sparse import make_sparse_coder
+
+    coder = make_sparse_coder("lca", out_neurons=3, in_neurons=2, kernel_size=3, stride=1,
+                              lambda_=0.05, lca_iters=5, solver="fista", input_zero_mean=False,
+                              input_unit_var=False).to(D)
+    return [P_MLP([20, 15, 12, 10], relaxation=relaxation).to(D),
+            _cnn(relaxation=relaxation), _cnn(cls=VF_CNN, relaxation=relaxation),
+            LCA_CNN((2, 9, 9), coder, [4], [3], [1], [1], "m", [10],
+                    relaxation=relaxation).to(D)]
+
+
+def test_every_network_relaxes_as_it_was_built_and_cannot_be_changed_afterwards():
+    torch.manual_seed(16)
+    alternate = Relaxation(update_order="alternate", conv_algo="direct")
+    for built, default in zip(_every_network_class(alternate), _every_network_class(None)):
+        assert built.relaxation == alternate and default.relaxation == Relaxation()
+        with pytest.raises(AttributeError):
+            built.relaxation = Relaxation()
+        # the order given at construction is the one the steps follow: the same states as a
+        # copy of the synchronous twin switched to it, and not the synchronous ones
+        default.load_state_dict(built.state_dict())
+        twin = default.with_relaxation(update_order="alternate", conv_algo="direct")
+        assert default.relaxation == Relaxation()  # the original keeps its settings
+        assert twin.synapses[0].weight is not default.synapses[0].weight
+        x = torch.rand(4, *getattr(built, "image_shape", built.in_shape), dtype=D)
+        drive, s = built.input_drive(x), _random_states(built, 4)
+        ours = relax(built, drive, s, 3)
+        assert all(torch.equal(a, b) for a, b in zip(ours, relax(twin, drive, s, 3)))
+        assert not all(torch.equal(a, b) for a, b in zip(ours, relax(default, drive, s, 3)))
+    with pytest.raises(TypeError, match="relaxation must be a Relaxation"):
+        P_MLP([20, 10], relaxation="alternate")
 
 
 def test_partial_gradients_equal_the_full_ones_and_skip_the_rest():
@@ -307,8 +341,9 @@ def test_alternate_updates_reach_a_fixed_point_of_the_synchronous_dynamics_soone
         return sum((a - b).norm() for a, b in zip(states, star))
 
     sync_10 = distance(relax(net, drive, net.init_states(6), 10))
-    alt = relax(_alternating(net), drive, net.init_states(6), 400)
+    alternate = _alternating(net)
+    alt = relax(alternate, drive, net.init_states(6), 400)
     assert max((a - b).abs().max() for a, b in zip(alt, star)) < 1e-8
-    assert distance(relax(net, drive, net.init_states(6), 10)) < sync_10
+    assert distance(relax(alternate, drive, net.init_states(6), 10)) < sync_10
     with pytest.raises(ValueError, match="accepted: sync, alternate"):
-        net.update_order = "gauss"
+        net.with_relaxation(update_order="gauss")

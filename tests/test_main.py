@@ -151,7 +151,7 @@ def test_alternate_update_order_trains_and_is_recorded(tmp_path, capsys):
     argv = ["--updates", "alternate", "--T1", "10", "--T2", "2", "--epochs", "1", "--device",
             "cpu", "--save", "--results-dir", str(tmp_path)]
     args = parse_args(argv)
-    assert build_model(args, (1, 8, 8), 10).update_order == "alternate"
+    assert build_model(args, (1, 8, 8), 10).relaxation.update_order == "alternate"
     assert parse_args(TINY).updates == "sync"
     result = run(args, argv)
     assert result["test_acc"] > 0.3  # one tiny epoch on the digits, far above chance (0.1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eplcanet.kernels import native
-from eplcanet.energy.dynamics import relax
+from eplcanet.energy.dynamics import Relaxation, relax
 from eplcanet.energy.networks import P_CNN
 from eplcanet.kernels.winograd import eligible, winograd_matrices
 
@@ -48,14 +48,14 @@ def test_without_a_compiler_winograd_is_refused_and_auto_convolves_directly(
     torch.manual_seed(0)
     net = _net()
     with pytest.raises(ValueError, match="'winograd' needs the compiled tile kernels"):
-        net.conv_algo = "winograd"
+        Relaxation(conv_algo="winograd")
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         s = net.init_states(2)
         assert not eligible(net.synapses[1], s[0])  # 'auto' falls back to oneDNN
         ours = relax(net, net.input_drive(x), s, 3)
-        net.conv_algo = "direct"
-        ref = relax(net, net.input_drive(x), s, 3)
+        direct = net.with_relaxation(conv_algo="direct")
+        ref = relax(direct, direct.input_drive(x), s, 3)
     assert all(torch.equal(a, b) for a, b in zip(ours, ref))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplcanet.energy.dynamics import relax
+from eplcanet.energy.dynamics import Relaxation, relax
 from eplcanet.energy.learning import phi_param_grads
 from eplcanet.energy.networks import P_CNN
 from eplcanet.kernels.winograd import (WinogradConvs, WinogradPlan, eligible, transform_weight,
@@ -144,8 +144,7 @@ def _wide_net(size=8):
 
 def _direct_twin_and_two_phases(net, batch):
     """A copy of net with direct convolutions, inputs, labels and two random sets of states."""
-    direct = copy.deepcopy(net)
-    direct.conv_algo = "direct"
+    direct = net.with_relaxation(conv_algo="direct")
     x = torch.rand(batch, *net.in_shape, dtype=torch.float64)
     sa = [torch.rand(batch, *s, dtype=torch.float64) for s in net.state_shapes]
     return direct, x, torch.randint(0, 10, (batch,)), sa, [torch.rand_like(s) for s in sa]
@@ -154,8 +153,7 @@ def _direct_twin_and_two_phases(net, batch):
 def test_network_relaxation_is_the_same_with_and_without_winograd():
     torch.manual_seed(5)
     net = _wide_net()
-    direct = copy.deepcopy(net)
-    direct.conv_algo = "direct"
+    direct = net.with_relaxation(conv_algo="direct")
     x, y = torch.rand(4, 8, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
     with torch.no_grad():
         assert eligible(net.synapses[1], net.init_states(4)[0])
@@ -181,7 +179,7 @@ def test_network_relaxation_is_the_same_with_and_without_winograd():
 def test_conv_algo_is_validated():
     net = _wide_net()
     with pytest.raises(ValueError, match="accepted: auto, direct, winograd"):
-        net.conv_algo = "fft"
+        net.with_relaxation(conv_algo="fft")
 
 
 def test_copies_and_pickles_of_a_network_start_with_empty_caches():
@@ -200,16 +198,16 @@ def test_copies_and_pickles_of_a_network_start_with_empty_caches():
             s = other.init_states(2)
             s[0] = torch.rand_like(s[0])
             fast = other.phi_grad_states(other.input_drive(x), s)[0]
-            other.conv_algo = "direct"
-            ref = other.phi_grad_states(other.input_drive(x), s)[0]
+            direct = other.with_relaxation(conv_algo="direct")
+            ref = direct.phi_grad_states(direct.input_drive(x), s)[0]
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_winograd_everywhere_runs_5x5_layers_like_the_direct_convolution():
     torch.manual_seed(8)
     net = P_CNN((1, 14, 14), [8, 16], [5, 5], [1, 1], [0, 2], "mm", [10], act="my_hard_sig",
-                softmax=True, loss="cel").double()
-    net.conv_algo = "winograd"
+                softmax=True, loss="cel",
+                relaxation=Relaxation(conv_algo="winograd")).double()
     direct, x, y, sa, sb = _direct_twin_and_two_phases(net, 6)
     with torch.no_grad():
         assert eligible(net.synapses[1], sa[0], everywhere=True)

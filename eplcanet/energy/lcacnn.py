@@ -119,9 +119,9 @@ class LCA_CNN(EnergyNet):
         coder: a convolutional SparseCoder (``eplcanet.sparse.make_sparse_coder``) taking C input
             channels; its dictionary is never trained by the optimizer (requires_grad is off).
             Build it without input standardisation: this model standardises every image.
-        channels, kernels, strides, paddings, pools, fc, act, softmax, loss, scale: the conv
-            layers above s_0 and the classifier, passed on to EnergyNet as given (its signature
-            and checks; one pool per conv layer).
+        channels, kernels, strides, paddings, pools, fc, act, softmax, loss, scale, relaxation:
+            the conv layers above s_0, the classifier and how the states relax, passed on to
+            EnergyNet as given (its signature and checks; one pool per conv layer).
         scale_feedback: g, the weight of the top-down input of s_0 (1: gradient dynamics of Phi).
         dict_training: 'pretrained' | 'finetune' | 'learn' (see the module docstring).
         dict_update_every: a Hebbian step every this many nudged training minibatches.

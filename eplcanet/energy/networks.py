@@ -20,6 +20,8 @@ softmax(W s_{L-1} + b) and the nudge acts on the penultimate layer through W.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import torch
@@ -27,14 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
+from .dynamics import CONV_ALGOS, UPDATE_ORDERS, Relaxation
 from .pool_ties import first_identical
-from ..kernels import native
 from ..kernels.winograd import WinogradConvs, eligible, weight_grad_eligible
 
 POOLS = ("m", "a", "i")
 LOSSES = ("mse", "cel")
-UPDATE_ORDERS = ("sync", "alternate")  # see eplcanet.energy.dynamics
-CONV_ALGOS = ("auto", "direct", "winograd")  # see EnergyNet.conv_algo
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -45,12 +45,6 @@ def _fast_layout(t: torch.Tensor) -> torch.Tensor:
     """channels_last for 4D tensors: convolutions (and their adjoints) run about twice as fast in
     it on CPU (oneDNN) and use tensor cores without layout changes on GPU."""
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
-
-
-def _one_of(value: str, accepted: tuple[str, ...], what: str) -> str:
-    if value not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
-    return value
 
 
 def _nudged(beta) -> bool:
@@ -89,6 +83,9 @@ class EnergyNet(nn.Module):
         softmax: the last linear synapse is a softmax readout instead of a neuron layer.
         loss: 'mse' (0.5 ||out - onehot||^2) or 'cel' (cross-entropy on the logits).
         scale: multiplies the default initialisation (None keeps it).
+        relaxation: how the states relax (update order, convolution algorithm); default
+            ``Relaxation()``. Fixed for the network's life: ``with_relaxation`` makes a copy
+            that relaxes differently.
     """
 
     def __init__(
@@ -104,8 +101,12 @@ class EnergyNet(nn.Module):
         softmax: bool = False,
         loss: str = "mse",
         scale: float | None = None,
+        relaxation: Relaxation | None = None,
     ) -> None:
         super().__init__()
+        relaxation = Relaxation() if relaxation is None else relaxation
+        if not isinstance(relaxation, Relaxation):
+            raise TypeError(f"relaxation must be a Relaxation, got {type(relaxation).__name__}")
         n_conv = len(channels)
         for name, val in (("kernels", kernels), ("strides", strides), ("paddings", paddings)):
             if len(val) != n_conv:
@@ -160,43 +161,26 @@ class EnergyNet(nn.Module):
         scaled_init_(self, scale)
         # Conv weights in the states' layout: oneDNN would otherwise reorder them at every call.
         self.to(memory_format=torch.channels_last)
-        self.update_order = "sync"
-        self.conv_algo = "auto"
+        self._relaxation = relaxation
         self._winograd = WinogradConvs()
 
     @property
-    def update_order(self) -> str:
-        """'sync' (every layer from the previous states) or 'alternate' (even layers, then odd
-        layers from the new even ones); see ``eplcanet.energy.dynamics``."""
-        return self._update_order
+    def relaxation(self) -> Relaxation:
+        """The settings this network relaxes with (``eplcanet.energy.dynamics.Relaxation``)."""
+        return self._relaxation
 
-    @update_order.setter
-    def update_order(self, value: str) -> None:
-        self._update_order = _one_of(value, UPDATE_ORDERS, "update order")
-
-    @property
-    def conv_algo(self) -> str:
-        """How the relaxation steps and the update convolve. 'auto': Winograd F(4x4, r x r)
-        (``eplcanet.kernels.winograd``) where it was measured to pay (stride-1 synapses, 3x3 with
-        128+ channels or 5x5 with 32+, on CPU in fp32 or fp64, when its C kernels could be
-        built), the direct convolution of oneDNN / cuDNN elsewhere; 'winograd': Winograd for
-        every stride-1 3x3 and 5x5 synapse it can run; 'direct': never. They agree to float
-        rounding; ``phi`` (differentiated by autograd) always convolves directly."""
-        return self._conv_algo
-
-    @conv_algo.setter
-    def conv_algo(self, value: str) -> None:
-        value = _one_of(value, CONV_ALGOS, "conv algorithm")
-        reason = native.why_unavailable() if value == "winograd" else None
-        if reason is not None:
-            raise ValueError(f"conv algorithm 'winograd' needs the compiled tile kernels: "
-                             f"{reason}; use 'auto' or 'direct'")
-        self._conv_algo = value
+    def with_relaxation(self, **changes) -> EnergyNet:
+        """A copy of this network (its own copy of the weights) relaxing with the given fields
+        of ``Relaxation`` changed, e.g. ``net.with_relaxation(conv_algo='direct')``."""
+        other = copy.deepcopy(self)
+        other._relaxation = dataclasses.replace(self._relaxation, **changes)
+        return other
 
     def _fast(self, conv: nn.Conv2d, x: torch.Tensor, test=eligible) -> bool:
         """Whether conv at x takes the Winograd path under conv_algo; `test`: eligible (the
         convolution and its adjoint) or weight_grad_eligible."""
-        return self._conv_algo != "direct" and test(conv, x, self._conv_algo == "winograd")
+        algo = self._relaxation.conv_algo
+        return algo != "direct" and test(conv, x, algo == "winograd")
 
     # ----------------------------------------------------------------------------- states
     @property
@@ -465,10 +449,12 @@ class P_MLP(EnergyNet):
     """Fully connected EP network; `archi` = [input size, hidden sizes..., n_classes]."""
 
     def __init__(self, archi: list[int], act: str = "mysig", softmax: bool = False,
-                 loss: str = "mse", scale: float | None = None) -> None:
+                 loss: str = "mse", scale: float | None = None,
+                 relaxation: Relaxation | None = None) -> None:
         if len(archi) < 2:
             raise ValueError(f"archi needs an input size and at least one layer, got {archi}")
-        super().__init__((archi[0],), [], [], [], [], "", list(archi[1:]), act, softmax, loss, scale)
+        super().__init__((archi[0],), [], [], [], [], "", list(archi[1:]), act, softmax, loss, scale,
+                         relaxation)
 
 
 class P_CNN(EnergyNet):
