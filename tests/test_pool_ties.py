@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eplcanet.energy import pool_ties
 from eplcanet.energy.pool_ties import first_identical
 from eplcanet.kernels import native
 from eplcanet.kernels.winograd import WinogradConvs
@@ -58,23 +59,41 @@ def naive_first_identical(idx, inp, conv, out_hw):
     return out
 
 
+@pytest.fixture(params=["C kernel", "tensor operations"])
+def tie_rule(request, monkeypatch):
+    """first_identical through either implementation: the C kernel (CPU) or the tensor
+    operations (any device)."""
+    if request.param == "C kernel":
+        if native.why_unavailable() is not None:
+            pytest.skip("the C kernels cannot be built here")
+        return first_identical
+
+    def tensor_operations(*args):
+        with monkeypatch.context() as m:
+            m.setattr(pool_ties.native, "kernels", lambda: None)
+            return first_identical(*args)
+    return tensor_operations
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k, stride, pad, hw", [(3, 1, 1, (9, 11)), (5, 1, 0, (12, 12)),
                                                 (3, 2, 1, (13, 10))])
-def test_matches_naive_loop_for_any_pick(k, stride, pad, hw):
+def test_matches_naive_loop_for_any_pick(k, stride, pad, hw, dtype, tie_rule):
     torch.manual_seed(0)
-    inp = torch.cat([saturated_states(2, 3, *hw), stripes(3, *hw)])
-    conv = nn.Conv2d(3, 4, k, stride, pad).double()
+    inp = torch.cat([saturated_states(2, 3, *hw, dtype), stripes(3, *hw, dtype)])
+    inp = inp.contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 4, k, stride, pad).to(dtype)
     h = conv(inp)
     # Any pick in each window, not only the maximum: random scores choose it.
     _, idx = F.max_pool2d(torch.rand_like(h), 2, 2, return_indices=True)
-    got = first_identical(idx, inp, conv, h.shape[-2:])
     want = naive_first_identical(idx, inp, conv, h.shape[-2:])
+    got = tie_rule(idx.clone(), inp, conv, h.shape[-2:])
     assert torch.equal(got, want)
     assert not torch.equal(got, idx)  # the inputs do hold identical fields: the rule moved picks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_direct_convolution_already_picks_the_first_tied_position(dtype):
+def test_direct_convolution_already_picks_the_first_tied_position(dtype, tie_rule):
     """The rule is the reference's: where the convolution is exact (direct, CPU), identical
     fields give bitwise equal outputs and F.max_pool2d keeps the first, so nothing moves."""
     torch.manual_seed(0)
@@ -85,12 +104,12 @@ def test_direct_convolution_already_picks_the_first_tied_position(dtype):
     _, idx = F.max_pool2d(h, 2, 2, return_indices=True)
     _, idx_last = F.max_pool2d(h.flip(-1, -2), 2, 2, return_indices=True)
     assert not torch.equal(idx_last.flip(-1, -2) % 2, idx % 2)  # ties exist in this input
-    assert torch.equal(first_identical(idx, inp, conv, h.shape[-2:]), idx)
+    assert torch.equal(tie_rule(idx.clone(), inp, conv, h.shape[-2:]), idx)
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_winograd_picks_become_the_direct_ones(dtype):
+def test_winograd_picks_become_the_direct_ones(dtype, tie_rule):
     torch.manual_seed(0)
     inp = saturated_states(4, 128, 16, 16, dtype)
     conv = nn.Conv2d(128, 128, 3, 1, 1).to(dtype).to(memory_format=torch.channels_last)
@@ -99,7 +118,7 @@ def test_winograd_picks_become_the_direct_ones(dtype):
         h = WinogradConvs().forward(conv, inp)
         _, fast = F.max_pool2d(h, 2, 2, return_indices=True)
     assert not torch.equal(fast, direct)  # Winograd's rounding breaks the ties elsewhere
-    assert torch.equal(first_identical(fast, inp, conv, h.shape[-2:]), direct)
+    assert torch.equal(tie_rule(fast.clone(), inp, conv, h.shape[-2:]), direct)
 
 
 def test_refuses_convolutions_it_cannot_read_fields_of():

@@ -1,7 +1,8 @@
-"""The C kernels of ``_tiles.c``: built with the machine's C compiler at first use, then loaded.
+"""The C kernels of ``_tiles.c`` (Winograd tile transforms) and ``_ties.c`` (the max-pool tie
+rule): built with the machine's C compiler at first use, into one library, then loaded.
 
 The shared library is cached under ``$EPLCANET_CACHE`` (default ``~/.cache/eplcanet``), keyed by
-the source, the compiler and this CPU's instruction-set flags (it is built with -march=native, so
+the sources, the compiler and this CPU's instruction-set flags (it is built with -march=native, so
 nodes of another CPU type sharing a home directory build their own). Without a working C compiler
 ``kernels()`` returns None and the callers keep to PyTorch's own operators; ``why_unavailable()``
 says what failed.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("_tiles.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("_tiles.c", "_ties.c"))
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _failure: str | None = None
 
@@ -46,7 +47,7 @@ def _build(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *_FLAGS, str(SOURCE), "-o", tmp], check=True,
+        subprocess.run([compiler, *_FLAGS, *map(str, SOURCES), "-o", tmp], check=True,
                        capture_output=True, text=True)
         os.replace(tmp, target)
     finally:
@@ -66,7 +67,7 @@ def kernels() -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], check=True, capture_output=True,
                                  text=True).stdout
         key = hashlib.sha256(
-            SOURCE.read_bytes() + version.encode() + _cpu_flags().encode() + str(_FLAGS).encode()
+            b"".join(p.read_bytes() for p in SOURCES) + version.encode() + _cpu_flags().encode() + str(_FLAGS).encode()
         ).hexdigest()[:16]
         target = _cache_dir() / f"tiles-{key}.so"
         if not target.exists():
@@ -74,7 +75,7 @@ def kernels() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or str(err)
-        _failure = f"building {SOURCE.name} with {compiler} failed: {detail.strip()[:500]}"
+        _failure = f"building {', '.join(p.name for p in SOURCES)} with {compiler} failed: {detail.strip()[:500]}"
         return None
     return lib
 

@@ -122,7 +122,7 @@ class Workspace:
         return buf[:numel].view(*shape)
 
 
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
+def nhwc(t: torch.Tensor) -> torch.Tensor:
     """The (batch, H, W, C) view of a 4D tensor's channels-last memory (copied into that layout
     first if it is in another)."""
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
@@ -180,7 +180,7 @@ class WinogradPlan:
         """B^T D B for every (zero-padded, overlapping) n x n input tile D of x, in buffer k."""
         self._check(x, self.c_in, self.in_hw, "inputs")
         v = self._buf(k, self.c_in)
-        native.call("to_freqs", 0, _nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
+        native.call("to_freqs", 0, nhwc(x), self.batch, *self.in_hw, self.c_in, self.p,
                     *self._geometry(), self.bt, v)
         return v
 
@@ -201,7 +201,7 @@ class WinogradPlan:
         """A Y A^T for every m x m tile Y of g (zero beyond its edge), in buffer k."""
         self._check_grad(g)
         z = self._buf(k, self.c_out)
-        native.call("to_freqs", 1, _nhwc(g), self.batch, *self.out_hw, self.c_out, 0,
+        native.call("to_freqs", 1, nhwc(g), self.batch, *self.out_hw, self.c_out, 0,
                     *self._geometry(), self.a, z)
         return z
 
@@ -214,7 +214,7 @@ class WinogradPlan:
         slot = 2 * self.n ** 2 * per * self.tiles[0] * self.tiles[1] * max(self.c_in, self.c_out)
         work = self.workspace.get(2, (threads * slot,), self.bt.dtype, self.bt.device)
         l_in, l_out = (self.a, self.b) if adjoint else (self.bt, self.at)
-        native.call("conv_fused", int(adjoint), _nhwc(src), dst, self.batch, *self.in_hw,
+        native.call("conv_fused", int(adjoint), nhwc(src), dst, self.batch, *self.in_hw,
                     self.c_in, self.c_out, self.p, *self._geometry(), l_in, weight, l_out, bias,
                     weight.shape[-1], per, work, threads)
 
