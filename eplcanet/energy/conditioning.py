@@ -132,7 +132,7 @@ def pool_pick_report(net: EnergyNet, x: torch.Tensor, steps: int) -> list[dict]:
             h = conv(inp)
             _, idx = F.max_pool2d(h, 2, 2, return_indices=True)
             _, raw = F.max_pool2d(fast.forward(conv, inp), 2, 2, return_indices=True)
-            ruled = first_identical(raw, inp, conv, h.shape[-2:])
+            ruled = first_identical(raw.clone(), inp, conv, h.shape[-2:])
             flat = h.flatten(2)
             differ = idx != ruled
             gap = (flat.gather(2, idx.flatten(2)) - flat.gather(2, ruled.flatten(2))).abs()

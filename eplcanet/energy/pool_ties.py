@@ -84,8 +84,9 @@ def first_identical(idx: torch.Tensor, inp: torch.Tensor, conv: nn.Conv2d,
     first window position whose receptive field is identical to the picked one's.
 
     On CPU in fp32 / fp64 with the C kernels built, one pass of ``_ties.c`` does it in place
-    (it stops comparing two fields at their first difference); elsewhere ``canonical_positions``
-    and a gather (tensor operations, any device)."""
+    (it stops comparing two fields at their first difference): idx itself is then changed, so
+    pass a clone to keep the original picks. Elsewhere ``canonical_positions`` and a gather
+    (tensor operations, any device) make a new tensor."""
     if inp.dtype in (torch.float32, torch.float64) and inp.device.type == "cpu" \
             and native.kernels() is not None:
         return _first_identical_native(idx, inp, conv, out_hw)
