@@ -95,7 +95,8 @@ def train_epoch(
         if bank is not None:
             init = bank.lookup(index[0], x.device, net.synapses[0].weight.dtype)
         with precision_context(precision, device):
-            states = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init)
+            states = estimate_grads(net, x, y, alg, phases if init is None else warm,
+                                    init=init).states
         if bank is not None:
             bank.store(index[0], states)
         if dist is not None:

@@ -133,7 +133,7 @@ def test_estimators_keep_no_graph_and_reject_unknown_algorithm():
     net = _cnn()
     x, y = torch.rand(5, 2, 9, 9, dtype=D), torch.randint(0, 10, (5,))
     for alg in ("EP", "BPTT"):
-        states = estimate_grads(net, x, y, alg, Phases(8, 3, (0.0, 0.5), random_sign=True))
+        states = estimate_grads(net, x, y, alg, Phases(8, 3, (0.0, 0.5), random_sign=True)).states
         assert all(not s.requires_grad for s in states)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     with pytest.raises(ValueError, match="accepted: EP, BPTT"):
@@ -181,7 +181,7 @@ def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
     ep_grads(net, x, y, phases)
     ref = torch.cat([p.grad.flatten() for p in net.parameters()])
     with precision_context("bf16", "cpu"):
-        states = ep_grads(net, x, y, phases)
+        states = ep_grads(net, x, y, phases).states
     assert all(s.dtype == torch.float32 for s in states)
     got = torch.cat([p.grad.flatten() for p in net.parameters()])
     assert got.dtype == torch.float32
@@ -199,7 +199,7 @@ def test_update_runs_in_fp32_under_bf16_autocast():
     torch.manual_seed(10)
     net = _cnn(softmax=True, loss="cel").float()
     x, y = torch.rand(6, 2, 9, 9), torch.randint(0, 10, (6,))
-    _, free = free_phase(net, x, 10)
+    _, free, _ = free_phase(net, x, 10)
     with torch.no_grad():
         drive = net.input_drive(x)
         plus, minus = (relax(net, drive, free, 3, b, y) for b in (0.5, -0.5))
@@ -218,7 +218,7 @@ def test_states_and_weights_stay_channels_last_with_one_input_channel():
     net = P_CNN((1, 16, 16), [4, 6], [3, 3], [1, 1], [0, 0], "mm", [10], softmax=True, loss="cel")
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
                for m in net.synapses if isinstance(m, torch.nn.Conv2d))
-    _, states = free_phase(net, torch.rand(3, 1, 16, 16), 4)
+    _, states, _ = free_phase(net, torch.rand(3, 1, 16, 16), 4)
     assert all(s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous()
                for s in states if s.dim() == 4)
 

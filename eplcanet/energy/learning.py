@@ -2,7 +2,8 @@
 the GDU check that compares them step by step.
 
 Every estimator leaves an estimate of dLoss/dtheta in the parameters' ``.grad``, so any torch
-optimizer performs the update.
+optimizer performs the update, and returns an ``Estimate``: the free equilibrium and the steps
+its phases took (fewer than T1 / T2 when the network's ``Relaxation.tol`` stops them early).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dynamics import relax
+from .dynamics import relax, settle
 from .networks import EnergyNet, VF_CNN
 
 ALGORITHMS = ("EP", "BPTT")
@@ -35,6 +36,16 @@ class Phases:
             raise ValueError(f"T1 and T2 must be >= 1, got T1={self.T1}, T2={self.T2}")
         if self.betas[1] == self.betas[0]:
             raise ValueError(f"the two betas must differ, got {self.betas}")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an estimator returns besides the gradients: the free equilibrium (one (batch, ...)
+    tensor per layer) and the steps its free phase and its longest nudged phase took."""
+
+    states: list[torch.Tensor]
+    free_steps: int
+    nudged_steps: int
 
 
 def _params(net: EnergyNet) -> list[torch.nn.Parameter]:
@@ -86,13 +97,13 @@ def phi_param_grads_autograd(net: EnergyNet, x: torch.Tensor, y: torch.Tensor,
 
 def free_phase(net: EnergyNet, x: torch.Tensor, steps: int, beta: float = 0.0, y=None,
                init: list[torch.Tensor] | None = None):
-    """(drive, states) after `steps` free steps from `init` (default: zero states), without an
-    autograd graph."""
+    """(drive, states, steps used) after at most `steps` free steps from `init` (default: zero
+    states), fewer when the network's tol finds them settled; without an autograd graph."""
     with torch.no_grad():
         drive = net.input_drive(x)
         start = net.init_states(x.shape[0]) if init is None else init
-        states = relax(net, drive, start, steps, beta, y)
-    return drive, states
+        states, used = settle(net, drive, start, steps, beta, y)
+    return drive, states, used
 
 
 class StateBank:
@@ -132,13 +143,14 @@ class StateBank:
         self.known[idx] = True
 
 
-def _relax_both_signs(net: EnergyNet, drive, states, steps: int, beta: float, y):
-    """The +beta and -beta relaxations from the same states, as one batch; returns (plus, minus)."""
+def _settle_both_signs(net: EnergyNet, drive, states, steps: int, beta: float, y):
+    """The +beta and -beta relaxations from the same states, as one batch (settling together);
+    returns (plus, minus, steps used)."""
     n = drive.shape[0]
     signs = torch.cat([drive.new_full((n,), beta), drive.new_full((n,), -beta)])
-    both = relax(net, torch.cat([drive, drive]), [torch.cat([s, s]) for s in states], steps,
-                 signs, torch.cat([y, y]))
-    return [s[:n] for s in both], [s[n:] for s in both]
+    both, used = settle(net, torch.cat([drive, drive]), [torch.cat([s, s]) for s in states],
+                        steps, signs, torch.cat([y, y]))
+    return [s[:n] for s in both], [s[n:] for s in both], used
 
 
 def ep_grads(
@@ -148,38 +160,46 @@ def ep_grads(
     phases: Phases,
     generator: torch.Generator | None = None,
     init: list[torch.Tensor] | None = None,
-) -> list[torch.Tensor]:
-    """Run the EP phases on a minibatch, write the estimate to ``.grad``; return the free states.
+) -> Estimate:
+    """Run the EP phases on a minibatch, write the estimate to ``.grad``; return the free states
+    and the steps taken.
 
-    The free phase runs T1 steps from `init` (default: zero states).
+    The free phase runs T1 steps from `init` (default: zero states), the nudged ones T2; with
+    the network's ``Relaxation.tol`` these are caps and each phase stops once settled (the
+    batched +beta / -beta phases together).
 
     One-sided: free equilibrium at beta1 vs nudged at beta2 (its sign drawn at random per minibatch
     with ``random_sign``). Symmetric (``thirdphase``): nudged at +beta2 vs nudged at -beta2, both
     started from the free equilibrium; this cancels the first-order bias of the estimate.
     """
     b1, b2 = phases.betas
-    drive, free = free_phase(net, x, phases.T1, b1, y, init)
+    drive, free, free_steps = free_phase(net, x, phases.T1, b1, y, init)
     if phases.random_sign and b1 == 0.0:
         sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
         b2 = sign * b2
     with torch.no_grad():
         if phases.thirdphase and phases.batch_phases:
-            plus, minus = _relax_both_signs(net, drive, free, phases.T2, b2, y)
+            plus, minus, nudged_steps = _settle_both_signs(net, drive, free, phases.T2, b2, y)
         else:
-            plus = relax(net, drive, free, phases.T2, b2, y)
+            plus, nudged_steps = settle(net, drive, free, phases.T2, b2, y)
             if phases.thirdphase:
-                minus = relax(net, drive, free, phases.T2, -b2, y)
+                minus, minus_steps = settle(net, drive, free, phases.T2, -b2, y)
+                nudged_steps = max(nudged_steps, minus_steps)
     net.on_nudged(x, plus, b2)  # e.g. LCA_CNN's dictionary learns from the nudged copy layer
     if phases.thirdphase:
         grads = phi_param_grads(net, x, y, minus, -b2, plus, b2)
     else:
         grads = phi_param_grads(net, x, y, free, b1, plus, b2)
     _write_grads(net, grads)
-    return free
+    return Estimate(free, free_steps, nudged_steps)
 
 
-def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases):
-    """Backprop through the last T2 of T1 free steps (truncated BPTT); write grads; return states."""
+def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases) -> Estimate:
+    """Backprop through the last T2 of T1 free steps (truncated BPTT); write grads; return the
+    states (T1 free steps, no nudged phase)."""
+    if net.relaxation.tol is not None:
+        raise ValueError("BPTT differentiates a fixed number of steps and cannot stop when "
+                         "settled: build the network without tol (tol applies to EP)")
     with torch.no_grad():
         drive = net.input_drive(x)
         states = relax(net, drive, net.init_states(x.shape[0]), phases.T1 - phases.T2)
@@ -189,12 +209,13 @@ def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases)
         loss = net.loss_per_sample(states, y).mean()
         grads = torch.autograd.grad(loss, _params(net), allow_unused=True)
     _write_grads(net, grads)
-    return [s.detach() for s in states]
+    return Estimate([s.detach() for s in states], phases.T1, 0)
 
 
-def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None, init=None):
-    """Dispatch on --alg; returns the free states (for the running accuracy). `init`: the free
-    phase's initial states (EP only; default zero states)."""
+def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None,
+                   init=None) -> Estimate:
+    """Dispatch on --alg; returns the free states (for the running accuracy) and the steps
+    taken. `init`: the free phase's initial states (EP only; default zero states)."""
     if alg == "EP":
         return ep_grads(net, x, y, phases, generator, init)
     if init is not None:
@@ -214,11 +235,12 @@ def gdu_traces(
     after k nudged steps, -(dPhi/dtheta(s_k^beta) - dPhi/dtheta(s*))/beta, approaches the BPTT
     gradient of the loss backpropagated through the last k steps of the free phase as beta -> 0.
     Returns, per parameter name, tensors (T2, *param.shape) for "bptt", "ep_onesided" and
-    "ep_symmetric" (the latter from the +beta and -beta trajectories).
+    "ep_symmetric" (the latter from the +beta and -beta trajectories). With the network's tol,
+    s* is the free phase settled (at most T1 steps); the k-step trajectories are stepwise.
     """
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     params = _params(net)
-    drive, s_star = free_phase(net, x, T1)
+    drive, s_star, _ = free_phase(net, x, T1)
     out = {n: {"bptt": [], "ep_onesided": [], "ep_symmetric": []} for n in names}
     plus, minus = s_star, s_star
     for k in range(1, T2 + 1):
