@@ -24,6 +24,10 @@ The alternate rows time one step of the optional --updates alternate order (even
 layers, reusing the convolutions of the layers a half-step leaves unchanged) against our
 synchronous step, over 5-step relaxations: it needs about half the steps.
 
+The --tol row times one minibatch of the seed's CIFAR recipe (T1 250, T2 50) whose phases stop
+once settled against the same minibatch with fixed steps, and gives its ratio against the
+autograd-of-Phi reference with fixed steps.
+
 The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D (residual form),
 the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The
 epoch row trains one epoch of main_fast.py's no-flag configuration on the digits with each.
@@ -287,6 +291,44 @@ def lcacnn_row(quick: bool, device: str = "cpu") -> Row:
                extra={"gradient cosine": f"{cos:.3f}"})
 
 
+# The seed README's CIFAR-10 CNN: 64-128-256-512, 3x3, pad 1, pools mmmm, T1 250, T2 50, betas
+# 0 and 1, symmetric (third) phase.
+SEED_CIFAR = ((3, 32, 32), [64, 128, 256, 512], 3, 1)
+SEED_CIFAR_PHASES = Phases(T1=250, T2=50, betas=(0.0, 1.0), thirdphase=True)
+
+
+def tol_row(quick: bool, device: str = "cpu", tol: float = 1e-6) -> Row:
+    """One EP minibatch of the seed's CIFAR recipe (initial weights, zero states) with phases
+    that stop when settled (--tol) against the same minibatch with fixed T1 / T2, and against
+    the autograd-of-Phi reference with fixed steps; the note gives the steps --tol used and the
+    per-tensor gradient cosines with the fixed-step estimate (fp32)."""
+    batch = 2 if quick else (128 if device != "cpu" else 16)
+    torch.manual_seed(0)
+    fixed = build(*SEED_CIFAR).to(device)
+    settling = fixed.with_relaxation(tol=tol)
+    ref = reference_net(fixed)
+    x = torch.rand(batch, *SEED_CIFAR[0], device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    phases = SEED_CIFAR_PHASES
+    est = ep_grads(settling, x, y, phases)
+    ep_grads(fixed, x, y, phases)
+    cosines = [float(a.flatten() @ b.flatten() / (a.norm() * b.norm()))
+               for a, b in zip(_grads(settling), _grads(fixed))]
+    repeat = 1 if quick else 3
+    t_tol, t_fixed = time_pair(lambda: ep_grads(_stepped(settling), x, y, phases),
+                               lambda: ep_grads(_stepped(fixed), x, y, phases),
+                               repeat=repeat, warmup=0, device=device)
+    t_ref = time_fn(lambda: reference_ep(_stepped(ref), x, y, phases), repeat=repeat, warmup=0,
+                    device=device)
+    return Row(name=f"EP minibatch, seed CIFAR recipe 3-64-128-256-512 k3, batch {batch}, "
+                    f"--tol {tol:g}",
+               unit=f"minibatch (T1<={phases.T1}, 2x T2<={phases.T2})", ours_s=t_tol,
+               ref_s=t_fixed, ref_name="our minibatch, fixed T1 / T2",
+               extra={"steps used (free, nudged)": f"{est.free_steps}, {est.nudged_steps}",
+                      "ratio vs autograd of Phi per step, fixed steps": f"{t_ref / t_tol:.2f}",
+                      "min per-tensor gradient cosine vs fixed steps": f"{min(cosines):.6f}"})
+
+
 def _digits_epoch(net: EnergyNet, opt, loader, phases: Phases, step) -> None:
     for x, y in loader:
         opt.zero_grad(set_to_none=True)
@@ -354,8 +396,9 @@ def collect(quick: bool = False, device: str = "cpu") -> list[Row]:
     """All rows on the CPU; on a GPU the minibatch rows (EP and LCACNN): the step rows time
     the CPU's convolution algorithms, and the epoch and memory rows are CPU measurements."""
     if device != "cpu":
-        return minibatch_rows(quick, device) + [lcacnn_row(quick, device)]
+        return minibatch_rows(quick, device) + [lcacnn_row(quick, device), tol_row(quick, device)]
     rows = step_rows(quick) + minibatch_rows(quick) + [lcacnn_row(quick), epoch_row(quick)]
+    rows += [tol_row(quick)]
     return rows + peak_memory_rows((20, 200) if quick else (50, 500))
 
 
