@@ -16,6 +16,9 @@ for a trained run's best weights) and, on the first --samples training images, m
   and after the tie rule (``eplcanet.energy.pool_ties``);
 - GDU: the EP estimate against the BPTT gradient through the last T2 steps, per tensor.
 
+On --device cuda everything but the pool-pick report (which compares with the CPU's Winograd
+kernels) runs on the GPU: compare its agreement.csv with a CPU run's to see what a GPU changes.
+
 Writes settle.csv, agreement.csv, pool_picks.csv, summary.json and diagnose.png to --out
 (default ./results/diagnose) and prints the summary. In float64 by default: the question is the
 recipe's conditioning, not float32's rounding (pass --dtype float32 to see that too).
@@ -35,7 +38,7 @@ from .cli import parse_args
 from .data import load_task
 from .energy import conditioning as cond
 from .energy.dynamics import CONV_ALGOS
-from .experiment import build_model, phases_of, seed_everything
+from .experiment import build_model, phases_of, resolve_device, seed_everything
 from .kernels import native
 from .runs import atomic_write_text, load_state_dict
 
@@ -93,9 +96,10 @@ def diagnose(args, opts) -> dict:
         run = Path(args.load_path)
         load_state_dict(run / "best.pt" if (run / "best.pt").is_file() else
                         run / "checkpoint.pt", net)
-    net = net.to(dtype)
+    device = resolve_device(args.device)
+    net = net.to(device=device, dtype=dtype)
     x, y = _samples(splits, opts.samples)
-    x = x.to(dtype)
+    x, y = x.to(device=device, dtype=dtype), y.to(device)
     phases = phases_of(args)
 
     print(f"settling ({phases.T1} free, {phases.T2} nudged steps) ...", flush=True)
@@ -106,7 +110,8 @@ def diagnose(args, opts) -> dict:
     base = cond.estimate(net, x, y, args.alg, phases)
     rows = []
     g = torch.Generator().manual_seed(args.seed)
-    noisy = x + opts.noise * float(x.abs().max()) * torch.randn(x.shape, generator=g, dtype=dtype)
+    noise = torch.randn(x.shape, generator=g, dtype=dtype).to(device)
+    noisy = x + opts.noise * float(x.abs().max()) * noise
     rows += _rows(f"input noise {opts.noise:g}", cond.agreement(
         cond.estimate(net, noisy, y, args.alg, phases), base))
     direct = cond.estimate(net.with_relaxation(conv_algo="direct"), x, y, args.alg, phases)
@@ -118,7 +123,7 @@ def diagnose(args, opts) -> dict:
     if args.alg == "EP":
         bptt = cond.estimate(net, x, y, "BPTT", phases)
         rows += _rows("EP vs BPTT (GDU)", cond.agreement(base, bptt))
-    picks = cond.pool_pick_report(net, x, phases.T1)
+    picks = cond.pool_pick_report(net, x, phases.T1) if device.type == "cpu" else []
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
