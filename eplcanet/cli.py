@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from .data import TASKS
@@ -17,6 +18,17 @@ from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES,
 MODELS = ("MLP", "CNN", "VFCNN", "LCACNN")
 TODOS = ("train", "evaluate", "gducheck", *ROBUSTNESS_TODOS)
 OPTIMS = ("sgd", "adam")
+
+
+def _tol(text: str) -> float:
+    """argparse type for --tol: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (e.g. 1e-6), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="relaxation order: sync (every layer from the previous step) or alternate (even "
            "layers, then odd layers from the new even ones: equilibrium in about half the steps "
            "at 1.5x the cost of a step; changes the dynamics, so off by default)")
+    a("--tol", type=_tol, default=None,
+      help="EP: stop each phase (training and evaluation) once the largest per-layer relative "
+           "state change of a step is below TOL for every sample, tested every 5 steps; --T1, "
+           "--T2 and --warm-start become caps, and the metrics log gets the steps used per "
+           "epoch (mean, max). Off by default: the published recipes relax for fixed steps. "
+           "1e-6 gives the fixed-step EP estimate where those steps settle; fp32 states do "
+           "not settle much below 1e-7")
     a("--warm-start", type=int, default=None, metavar="STEPS",
       help="EP training: each minibatch's free phase starts from the states its samples reached "
            "in their previous free phase (kept in float16, one set per training sample) and runs "
@@ -87,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="relaxation and update convolutions: auto (Winograd F(4x4) for stride-1 3x3 layers "
            "with 128+ channels and 5x5 layers with 32+, on CPU in fp32 when its C kernels "
            "build, 1.4-2.4x faster there; direct elsewhere), winograd (every stride-1 3x3 and "
-           "5x5 layer) or direct (never Winograd); they agree to float rounding")
+           "5x5 layer) or direct (never Winograd); all three give the direct estimate (max-pool "
+           "ties follow the input: eplcanet.energy.pool_ties; check a recipe with "
+           "python -m eplcanet.diagnose)")
     a("--precision", default="fp32", choices=PRECISIONS,
       help="bf16: autocast the relaxation (states kept in fp32); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
@@ -177,6 +198,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise SystemExit(f"error: --warm-start must be >= 1 steps, got {args.warm_start}")
         if args.alg != "EP":
             raise SystemExit(f"error: --warm-start applies to --alg EP, not {args.alg}")
+    if args.tol is not None and args.alg != "EP":
+        raise SystemExit(f"error: --tol applies to --alg EP; {args.alg} differentiates a fixed "
+                         f"number of steps (drop --tol)")
     if args.random_sign and args.thirdphase:
         raise SystemExit("error: --random-sign only changes one-sided EP: add --no-thirdphase")
     if args.task == "npz" and not args.data_path:

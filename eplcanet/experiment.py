@@ -14,7 +14,7 @@ import torch
 from . import distributed, plots, runs
 from .data import WithIndex, load_task, make_loader
 from .energy.dynamics import Relaxation
-from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces
+from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces, settling_steps
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
@@ -53,7 +53,7 @@ def _build_network(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet
         raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
                          f"classes of --task {args.task} ({n_classes})")
     common = dict(act=args.act, softmax=args.softmax, loss=args.loss, scale=args.scale,
-                  relaxation=Relaxation(args.updates, args.conv_algo))
+                  relaxation=Relaxation(args.updates, args.conv_algo, args.tol))
     if args.model == "MLP":
         d = int(np.prod(in_shape))
         archi = args.archi if args.archi else [d, *args.fc]
@@ -200,7 +200,10 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
         metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
                        seconds=time.perf_counter() - t0)
         print(f"epoch {epoch}: loss {stats['train_loss']:.4f} train {100 * stats['train_acc']:.2f}%"
-              f" val {100 * val_acc:.2f}% test {100 * test_acc:.2f}% ({metrics['seconds']:.1f}s)")
+              f" val {100 * val_acc:.2f}% test {100 * test_acc:.2f}% ({metrics['seconds']:.1f}s)"
+              + (f" steps free {stats['free_steps_mean']:.1f} (max {stats['free_steps_max']}),"
+                 f" nudged {stats['nudged_steps_mean']:.1f} (max {stats['nudged_steps_max']})"
+                 if "free_steps_mean" in stats else ""))
         improved = val_acc > best["val_acc"]
         if improved:
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
@@ -229,6 +232,10 @@ def _gducheck(args, net, splits, device, run_dir) -> dict:
     net64 = net.double()
     traces = gdu_traces(net64, x.to(device).double(), y.to(device), args.T1, args.T2,
                         args.betas[1])
+    if args.tol is not None:  # the same samples, a full EP minibatch on a copy
+        used = settling_steps(net64, x.to(device).double(), y.to(device), phases_of(args))
+        print(f"--tol {args.tol:g}: free phase settled in {used['free_steps']} of {args.T1} "
+              f"steps, nudged phases in {used['nudged_steps']} of {args.T2}")
     net.float()
     result = gdu_metrics(traces)
     for name, variants in result.items():

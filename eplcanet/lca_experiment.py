@@ -211,7 +211,8 @@ def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int]) -> L
     try:
         net = LCA_CNN(in_shape, coder, args.channels, args.kernels, args.strides, args.paddings,
                       args.pools, args.fc, act=args.act, softmax=args.softmax, loss=args.loss,
-                      scale=args.scale, relaxation=Relaxation(args.updates, args.conv_algo),
+                      scale=args.scale,
+                      relaxation=Relaxation(args.updates, args.conv_algo, args.tol),
                       scale_feedback=args.scale_feedback,
                       dict_training=args.dict_training, dict_update_every=args.dict_update_every)
     except ValueError as err:

@@ -32,6 +32,9 @@ import torch
 from torch import nn
 
 METRICS_FIELDS = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "seconds")
+# Logged after METRICS_FIELDS by runs whose phases stop once settled (--tol): the steps the
+# training minibatches' free and nudged phases took, mean and max over the epoch.
+STEP_FIELDS = ("free_steps_mean", "free_steps_max", "nudged_steps_mean", "nudged_steps_max")
 CHECKPOINT_FORMAT = 1
 _RUN_NAME = re.compile(r"run_(\d+)")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -173,7 +176,8 @@ def _parse_metric(field: str, text: str) -> int | float | None:
 def read_metrics(path: str | Path) -> list[dict[str, int | float | None]]:
     """Rows of a metrics.csv (path to the file or to its run directory), parsed.
 
-    Each row is a dict over METRICS_FIELDS: epoch an int, the others floats, None where blank.
+    Each row is a dict over METRICS_FIELDS (and STEP_FIELDS when the run logged them): epoch an
+    int, the others floats, None where blank.
     """
     path = Path(path)
     if path.is_dir():
@@ -185,16 +189,18 @@ def read_metrics(path: str | Path) -> list[dict[str, int | float | None]]:
         header = next(reader, None)
         if header is None:
             return []
-        if tuple(header) != METRICS_FIELDS:
+        fields = tuple(header)
+        if fields not in (METRICS_FIELDS, METRICS_FIELDS + STEP_FIELDS):
             raise ValueError(
-                f"{path} has header {','.join(header)}, expected {','.join(METRICS_FIELDS)}"
+                f"{path} has header {','.join(header)}, expected {','.join(METRICS_FIELDS)} "
+                f"(then, optionally, {','.join(STEP_FIELDS)})"
             )
         rows = []
         for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(METRICS_FIELDS):
-                raise ValueError(f"{path}:{line_no}: expected {len(METRICS_FIELDS)} fields")
+            if len(row) != len(fields):
+                raise ValueError(f"{path}:{line_no}: expected {len(fields)} fields")
             try:
-                rows.append({k: _parse_metric(k, v) for k, v in zip(METRICS_FIELDS, row)})
+                rows.append({k: _parse_metric(k, v) for k, v in zip(fields, row)})
             except ValueError as exc:
                 raise ValueError(f"{path}:{line_no}: {exc}") from exc
     return rows
@@ -212,7 +218,7 @@ def _format_metric(name: str, value: Any) -> str:
 
 class MetricsLog:
     """metrics.csv of a run: one row per epoch, header ``epoch,train_loss,train_acc,val_acc,
-    test_acc,seconds``.
+    test_acc,seconds``, then STEP_FIELDS when the first row gives them (--tol runs).
 
     Constructing it writes nothing; the header comes with the first row. On resume, existing
     rows are kept (see truncate_after to drop epochs that will be redone). Each row is flushed
@@ -222,10 +228,12 @@ class MetricsLog:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "metrics.csv"
         self._last_epoch: int | None = None
+        self._fields: tuple[str, ...] | None = None  # the file's columns, once it has a header
         if self.path.is_file():
             self._drop_partial_line()
             rows = read_metrics(self.path)
             self._last_epoch = rows[-1]["epoch"] if rows else None
+            self._fields = tuple(rows[0]) if rows else None
 
     def _drop_partial_line(self) -> None:
         # A crash in the middle of a row leaves a line without its newline.
@@ -242,13 +250,27 @@ class MetricsLog:
         val_acc: float | None = None,
         test_acc: float | None = None,
         seconds: float | None = None,
+        **steps: float,
     ) -> None:
-        """Write one row; metrics not measured this epoch may be None (blank cells).
+        """Write one row; metrics not measured this epoch may be None (blank cells). `steps`:
+        all of STEP_FIELDS or none, the same in every row of a file.
 
         Epochs must increase: appending an epoch already logged raises (truncate_after first).
         """
-        values = (epoch, train_loss, train_acc, val_acc, test_acc, seconds)
-        row = [_format_metric(k, v) for k, v in zip(METRICS_FIELDS, values)]
+        unknown = set(steps) - set(STEP_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown metric(s) {', '.join(sorted(unknown))}; accepted: "
+                            f"{', '.join(METRICS_FIELDS + STEP_FIELDS)}")
+        if steps and set(steps) != set(STEP_FIELDS):
+            raise ValueError(f"steps must give all of {', '.join(STEP_FIELDS)} or none, got "
+                             f"{', '.join(sorted(steps))}")
+        fields = METRICS_FIELDS + (STEP_FIELDS if steps else ())
+        if self._fields is not None and fields != self._fields:
+            raise ValueError(f"{self.path} has the columns {','.join(self._fields)}; this row "
+                             f"has {','.join(fields)} (a run logs the steps in every row or none)")
+        values = (epoch, train_loss, train_acc, val_acc, test_acc, seconds,
+                  *(steps[k] for k in STEP_FIELDS if steps))
+        row = [_format_metric(k, v) for k, v in zip(fields, values)]
         if self._last_epoch is not None and int(epoch) <= self._last_epoch:
             raise ValueError(
                 f"epoch {epoch} is not after the last logged epoch {self._last_epoch} in "
@@ -258,11 +280,12 @@ class MetricsLog:
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             if new_file:
-                writer.writerow(METRICS_FIELDS)
+                writer.writerow(fields)
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
         self._last_epoch = int(epoch)
+        self._fields = fields
 
     def rows(self) -> list[dict[str, int | float | None]]:
         """All rows so far (see read_metrics); [] before the first append."""
@@ -273,10 +296,15 @@ class MetricsLog:
         if not self.path.is_file():
             return
         rows = [r for r in self.rows() if r["epoch"] <= epoch]
+        if not rows:  # empty, so that the next row writes its own header
+            atomic_write_text("", self.path)
+            self._last_epoch = self._fields = None
+            return
+        fields = self._fields or METRICS_FIELDS
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(METRICS_FIELDS)
-        writer.writerows([[_format_metric(k, r[k]) for k in METRICS_FIELDS] for r in rows])
+        writer.writerow(fields)
+        writer.writerows([[_format_metric(k, r[k]) for k in fields] for r in rows])
         atomic_write_text(buffer.getvalue(), self.path)
         self._last_epoch = rows[-1]["epoch"] if rows else None
 

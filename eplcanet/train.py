@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .energy.dynamics import relax
+from .energy.dynamics import settle
 from .energy.learning import Phases, StateBank, estimate_grads
 from .energy.networks import EnergyNet
 
@@ -41,7 +41,8 @@ def set_matmul_precision(precision: str, device) -> None:
 @torch.no_grad()
 def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
              dist: DistContext | None = None, precision: str = "fp32") -> float:
-    """Accuracy (fraction in [0, 1]) of the free-phase equilibrium after T1 steps.
+    """Accuracy (fraction in [0, 1]) of the free-phase equilibrium after T1 steps (at most T1,
+    when the network's tol finds the phase settled sooner).
 
     With ``dist`` (several processes, each with its own part of the data): over all parts.
     """
@@ -51,7 +52,7 @@ def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
     for x, y in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x, y = x.to(device), y.to(device)
         with precision_context(precision, device):
-            states = relax(net, net.input_drive(x), net.init_states(x.shape[0]), T1)
+            states = settle(net, net.input_drive(x), net.init_states(x.shape[0]), T1)[0]
         correct += (net.predict(states) == y).sum()
         total += y.shape[0]
     if dist is not None:
@@ -74,7 +75,8 @@ def train_epoch(
 ) -> tuple[dict, list[torch.Tensor]]:
     """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
 
-    Returns ({"train_loss", "train_acc"} measured on the free equilibria, last free states).
+    Returns ({"train_loss", "train_acc"} measured on the free equilibria, and with the network's
+    tol the steps its phases took, ``runs.STEP_FIELDS``; last free states).
     With ``dist`` (several processes, each with its part of every minibatch): the gradients are
     averaged over the global minibatch before each step, and the metrics are over all parts.
     With ``bank`` (--warm-start; the loader then yields (x, y, index)): a minibatch whose samples
@@ -86,6 +88,7 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     states: list[torch.Tensor] = []
+    steps: list[tuple[int, int]] = []  # (free, nudged) per minibatch: host ints, no sync
     bar = tqdm(loader, desc=desc, leave=False,
                disable=True if dist is not None and not dist.is_main else None)
     for it, (x, y, *index) in enumerate(bar):
@@ -95,8 +98,9 @@ def train_epoch(
         if bank is not None:
             init = bank.lookup(index[0], x.device, net.synapses[0].weight.dtype)
         with precision_context(precision, device):
-            states = estimate_grads(net, x, y, alg, phases if init is None else warm,
-                                    init=init).states
+            est = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init)
+        states = est.states
+        steps.append((est.free_steps, est.nudged_steps))
         if bank is not None:
             bank.store(index[0], states)
         if dist is not None:
@@ -111,4 +115,9 @@ def train_epoch(
     if dist is not None:
         loss_sum, correct, total = dist.all_sum(loss_sum, correct, total)
     n = max(total, 1)
-    return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}, states
+    stats = {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
+    if net.relaxation.tol is not None and steps:  # this process's minibatches
+        free, nudged = zip(*steps)
+        stats.update(free_steps_mean=sum(free) / len(free), free_steps_max=max(free),
+                     nudged_steps_mean=sum(nudged) / len(nudged), nudged_steps_max=max(nudged))
+    return stats, states

@@ -17,6 +17,7 @@ from torch import nn
 
 from eplcanet import runs
 from eplcanet.runs import (
+    STEP_FIELDS,
     CheckpointError,
     MetricsLog,
     atomic_save,
@@ -129,6 +130,28 @@ def test_metrics_drops_a_partial_last_line_and_checks_the_header(tmp_path):
         MetricsLog(tmp_path)
     with pytest.raises(TypeError):
         log.append(epoch=3, accuracy=0.5)
+
+
+def test_metrics_of_a_tol_run_carry_the_step_columns_through_resume(tmp_path):
+    steps = dict(free_steps_mean=31.5, free_steps_max=40, nudged_steps_mean=20, nudged_steps_max=25)
+    log = MetricsLog(tmp_path)
+    log.append(epoch=1, train_loss=2.0, **steps)
+    log.append(epoch=2, train_loss=1.0, **{**steps, "free_steps_max": 35})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == HEADER + "," + ",".join(STEP_FIELDS)
+    assert read_metrics(tmp_path)[1]["free_steps_max"] == 35.0
+    with pytest.raises(ValueError, match="in every row or none"):
+        log.append(epoch=3, train_loss=0.5)
+    with pytest.raises(ValueError, match="all of free_steps_mean"):
+        log.append(epoch=3, free_steps_mean=3.0)
+    resumed = MetricsLog(tmp_path)
+    resumed.truncate_after(1)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == lines[0]
+    resumed.append(epoch=2, **steps)
+    assert [r["nudged_steps_max"] for r in read_metrics(tmp_path)] == [25.0, 25.0]
+    resumed.truncate_after(0)  # nothing left: the next row, without steps, writes its header
+    resumed.append(epoch=1, train_loss=2.0)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == HEADER
 
 
 # ------------------------------------------------------------------------------ atomic save

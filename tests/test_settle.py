@@ -159,3 +159,51 @@ def test_bptt_refuses_a_tol():
     with pytest.raises(ValueError, match="BPTT .* cannot stop when settled"):
         estimate_grads(net, x, y, "BPTT", Phases(8, 3, (0.0, 0.5)))
     assert estimate_grads(net, x, y, "EP", Phases(8, 3, (0.0, 0.5))).free_steps <= 8
+
+
+# ------------------------------------------------------------------------ command line
+TINY_CLI = "--channels 4 8 --T1 60 --T2 20 --mbs 256 --epochs 2 --device cpu".split()
+
+
+@pytest.mark.parametrize("value", ["0", "-1e-6", "nan", "inf", "tiny"])
+def test_bad_tol_flag_is_refused_before_work(value, capsys):
+    from eplcanet.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(TINY_CLI + [f"--tol={value}"])
+    assert "--tol: must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_tol_flag_with_bptt_is_refused():
+    from eplcanet.cli import parse_args
+
+    with pytest.raises(SystemExit, match="--tol applies to --alg EP"):
+        parse_args(TINY_CLI + ["--tol", "1e-5", "--alg", "BPTT"])
+
+
+def test_tol_run_logs_the_steps_per_epoch_and_gducheck_shows_them(tmp_path, capsys):
+    from eplcanet import runs
+    from eplcanet.cli import parse_args
+    from eplcanet.experiment import build_model, run
+
+    argv = TINY_CLI + ["--tol", "1e-5", "--save", "--results-dir", str(tmp_path)]
+    args = parse_args(argv)
+    assert build_model(args, (1, 8, 8), 10).relaxation.tol == 1e-5
+    run(args, argv)
+    rows = runs.read_metrics(next(tmp_path.glob("digits/EP/CNN/*/run_1")))
+    assert len(rows) == 2
+    for r in rows:
+        assert 5 <= r["free_steps_mean"] <= r["free_steps_max"] <= 60
+        assert 5 <= r["nudged_steps_mean"] <= r["nudged_steps_max"] <= 20
+        assert r["free_steps_max"] < 60  # these phases settle well before the caps
+        assert r["free_steps_max"] % 5 == 0  # tested every 5 steps
+    assert "steps free" in capsys.readouterr().out
+    gdu = ["--todo", "gducheck", "--tol", "1e-5", "--results-dir", str(tmp_path)] + TINY_CLI
+    run(parse_args(gdu), gdu)
+    assert "free phase settled in" in capsys.readouterr().out
+    # and without --tol, no step columns
+    plain = TINY_CLI[:-4] + ["--epochs", "1", "--device", "cpu", "--save", "--results-dir",
+                             str(tmp_path / "plain")]
+    run(parse_args(plain), plain)
+    header = next((tmp_path / "plain").glob("digits/EP/CNN/*/run_1/metrics.csv")).read_text()
+    assert header.splitlines()[0] == ",".join(runs.METRICS_FIELDS)

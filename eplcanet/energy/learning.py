@@ -8,6 +8,7 @@ its phases took (fewer than T1 / T2 when the network's ``Relaxation.tol`` stops 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -192,6 +193,15 @@ def ep_grads(
         grads = phi_param_grads(net, x, y, free, b1, plus, b2)
     _write_grads(net, grads)
     return Estimate(free, free_steps, nudged_steps)
+
+
+def settling_steps(net: EnergyNet, x: torch.Tensor, y: torch.Tensor,
+                   phases: Phases) -> dict[str, int]:
+    """The steps the free and (longest) nudged phase of an EP minibatch on (x, y) take under
+    the network's tol (T1 and T2 without one). On a copy of the network, whose gradients and
+    dictionary step are dropped."""
+    est = ep_grads(copy.deepcopy(net), x, y, phases)
+    return {"free_steps": est.free_steps, "nudged_steps": est.nudged_steps}
 
 
 def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases) -> Estimate:
