@@ -718,136 +718,11 @@ class _LCABase(SparseCoder):
     ) -> dict[str, Tensor]:
         """Run the solver on preprocessed inputs; returns the requested variables by name."""
         all_ts = self.return_all_ts if all_ts is None else all_ts
-        plan = self._plan(x.shape[2:], x)
-        code_shape = (x.shape[0], self.out_neurons) + plan.code_spatial
-        self._check_code_like(drive_scaling, code_shape, "drive_scaling")
-        self._check_code_like(initial_states, code_shape, "initial_states")
-        mf = plan.memory_format
-        w = plan.weight(self.weights)
-        xw = plan.to_work(x)
-        mask = plan.mask
-        grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (w, xw, drive_scaling, initial_states)
-        )
-        # Without autograd every elementwise step writes into preallocated buffers (out=...).
-        ip = not grad
-        recon, corr = plan.operators(w, x.shape[0], fast=ip)
-        if drive_scaling is not None:
-            drive_scaling = drive_scaling.to(x.dtype).contiguous(memory_format=mf)
-        # Squared norm of input positions cropped off the work layout (a constant energy term).
-        const = 0.5 * (x.square().sum() - xw.square().sum()) if plan.crops else 0.0
-        lam = self._lambda_for(x)
-        batch = x.shape[0]
-
-        def residual(acts: Tensor, out: Tensor | None) -> Tensor:
-            rec = recon(acts)
-            if mask is None:
-                return torch.sub(xw, rec, out=out)
-            return torch.addcmul(xw, mask, rec, value=-1.0, out=out)
-
-        def energy_sum(res: Tensor, acts: Tensor) -> Tensor:
-            return 0.5 * res.square().sum() + const + (acts.abs() * lam).sum()
-
-        track = self.track_metrics
-        iters = self.lca_iters
-        tracks = torch.zeros((iters, 4), dtype=x.dtype, device=x.device) if track else None
-
-        def record(i: int, res: Tensor, acts: Tensor) -> None:
-            l2 = (0.5 * res.square().sum() + const) / batch
-            l1 = (acts.abs() * lam).sum() / batch
-            tracks[i, 0], tracks[i, 1], tracks[i, 3] = l1, l2, (acts != 0).to(x.dtype).mean()
-            tracks[i, 2] = l1 + l2
-
-        history: dict[str, list[Tensor]] = {name: [] for name in ("states", "acts", "recons")}
-        keep_recons = all_ts and ("recons" in want or "recon_errors" in want)
-
-        def keep(states: Tensor, acts: Tensor) -> None:
-            if not all_ts:
-                return
-            history["states"].append(states.contiguous().clone())
-            history["acts"].append(acts.contiguous().clone())
-            if keep_recons:
-                history["recons"].append(plan.to_input(plan.recon(acts, w)))
-
-        init = None
-        if initial_states is not None:
-            init = initial_states.to(x.dtype).contiguous(memory_format=mf).clone()
-        prev_energy: float | None = None
-        res_buf = None
-        it = 0
-
-        def converged(it: int, res: Tensor, acts: Tensor) -> bool:
-            nonlocal prev_energy
-            if self.tol is None or it == 0 or it % self.check_every:
-                return False
-            e = float(energy_sum(res, acts))  # the only host sync, once per check_every
-            done = prev_energy is not None and abs(prev_energy - e) <= self.tol * abs(e)
-            prev_energy = e
-            return done
-
-        if self.solver == "lca":
-            u = (
-                init
-                if init is not None
-                else torch.zeros(code_shape, dtype=x.dtype, device=x.device)
-            )
-            u = u.contiguous(memory_format=mf)
-            a = self.transfer(u)
-            rate = 1.0 / self.tau
-            for it in range(1, iters + 2):
-                res_buf = residual(a, res_buf if ip else None)
-                done = it - 1  # updates so far: res_buf is the residual of their acts
-                if track and done:
-                    record(done - 1, res_buf, a)
-                if done == iters or converged(done, res_buf, a):
-                    break
-                c = corr(res_buf)
-                c = torch.add(c, a, out=c if ip else None)
-                if drive_scaling is not None:
-                    c = torch.add(c, drive_scaling, out=c if ip else None)
-                u = torch.lerp(u, c, rate, out=u if ip else None)
-                a = self.transfer(u, out=a if ip else None)
-                keep(u, a)
-            it = done
-            states = u
-        else:
-            a = self.transfer(init) if init is not None else None
-            if a is None:
-                a = torch.zeros(code_shape, dtype=x.dtype, device=x.device)
-            a = a.contiguous(memory_format=mf)
-            step = 1.0 / self.lipschitz()
-            lam_step = lam * step
-            y = a.clone()
-            t = torch.ones((batch,) + (1,) * (a.dim() - 1), dtype=x.dtype, device=x.device)
-            v = init if init is not None else a.clone()
-            a_new = diff = probe = None
-            for it in range(1, iters + 1):
-                res_buf = residual(y, res_buf if ip else None)
-                c = corr(res_buf)
-                if drive_scaling is not None:
-                    c = torch.add(c, drive_scaling, out=c if ip else None)
-                v = torch.add(y, c, alpha=step, out=v if ip else None)
-                a_new = soft_threshold(v, lam_step, self.nonneg, out=a_new if ip else None)
-                diff = torch.sub(a_new, a, out=diff if ip else None)
-                # Gradient restart: momentum that points uphill is dropped, per sample.
-                probe = torch.sub(y, a_new, out=probe if ip else None)
-                probe = torch.mul(probe, diff, out=probe if ip else None)
-                uphill = probe.flatten(1).sum(1).reshape(t.shape) > 0
-                t = torch.where(uphill, torch.ones_like(t), t)
-                t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-                y = torch.addcmul(a_new, (t - 1.0) / t_next, diff, out=y if ip else None)
-                a, a_new, t = a_new, a, t_next
-                if track or (self.tol is not None and it % self.check_every == 0):
-                    res_a = residual(a, None)
-                    if track:
-                        record(it - 1, res_a, a)
-                    if converged(it, res_a, a):
-                        break
-                if all_ts:
-                    keep(a + (v - a) / step, a)
-            states = a + (v - a) / step
+        problem = _Problem(self, x, drive_scaling, initial_states, want, all_ts)
+        states, acts, it = _SOLVER_BY_NAME[self.solver].run(self, problem)
         self.last_iters = it
-        acts = a
+        plan, w, drive_scaling = problem.plan, problem.w, problem.drive_scaling
+        xw, track, tracks, history = problem.xw, problem.track, problem.tracks, problem.history
 
         if not bool(torch.isfinite(acts).all()):
             hint = " (tau is too small for this dictionary)" if self.solver == "lca" else ""
@@ -896,6 +771,179 @@ class _LCABase(SparseCoder):
                 series = [value] * n
             stacked[name] = torch.stack(series, -1)
         return stacked
+
+
+class _Problem:
+    """The fixed parts of one solve, shared by the solvers: inputs in the work layout, the
+    operators D and D^T, lambda_, whether buffers are written in place, and the per-iteration
+    bookkeeping (energy checks for ``tol``, tracked metrics, the history of return_all_ts)."""
+
+    def __init__(
+        self,
+        layer: _LCABase,
+        x: Tensor,
+        drive_scaling: Tensor | None,
+        initial_states: Tensor | None,
+        want: Sequence[str],
+        all_ts: bool,
+    ) -> None:
+        plan = layer._plan(x.shape[2:], x)
+        self.plan, self.x, self.all_ts = plan, x, all_ts
+        self.code_shape = (x.shape[0], layer.out_neurons) + plan.code_spatial
+        layer._check_code_like(drive_scaling, self.code_shape, "drive_scaling")
+        layer._check_code_like(initial_states, self.code_shape, "initial_states")
+        self.mf = mf = plan.memory_format
+        self.w = plan.weight(layer.weights)
+        self.xw = plan.to_work(x)
+        self.mask = plan.mask
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (self.w, self.xw, drive_scaling, initial_states)
+        )
+        # Without autograd every elementwise step writes into preallocated buffers (out=...).
+        self.ip = not grad
+        self.recon, self.corr = plan.operators(self.w, x.shape[0], fast=self.ip)
+        if drive_scaling is not None:
+            drive_scaling = drive_scaling.to(x.dtype).contiguous(memory_format=mf)
+        self.drive_scaling = drive_scaling
+        # Squared norm of input positions cropped off the work layout (a constant energy term).
+        self.const = 0.5 * (x.square().sum() - self.xw.square().sum()) if plan.crops else 0.0
+        self.lam = layer._lambda_for(x)
+        self.batch = x.shape[0]
+        self.iters, self.tol, self.check_every = layer.lca_iters, layer.tol, layer.check_every
+        self.track = layer.track_metrics
+        self.tracks = (
+            torch.zeros((self.iters, 4), dtype=x.dtype, device=x.device) if self.track else None
+        )
+        self.history: dict[str, list[Tensor]] = {n: [] for n in ("states", "acts", "recons")}
+        self.keep_recons = all_ts and ("recons" in want or "recon_errors" in want)
+        self.init = None
+        if initial_states is not None:
+            self.init = initial_states.to(x.dtype).contiguous(memory_format=mf).clone()
+        self._prev_energy: float | None = None
+
+    def zeros(self) -> Tensor:
+        """Zero codes of the problem's shape, dtype and device."""
+        return torch.zeros(self.code_shape, dtype=self.x.dtype, device=self.x.device)
+
+    def residual(self, acts: Tensor, out: Tensor | None) -> Tensor:
+        """s - D(a) in the work layout (cropped positions masked out)."""
+        rec = self.recon(acts)
+        if self.mask is None:
+            return torch.sub(self.xw, rec, out=out)
+        return torch.addcmul(self.xw, self.mask, rec, value=-1.0, out=out)
+
+    def energy_sum(self, res: Tensor, acts: Tensor) -> Tensor:
+        """E(a) summed over the batch, from the residual of ``acts``."""
+        return 0.5 * res.square().sum() + self.const + (acts.abs() * self.lam).sum()
+
+    def record(self, i: int, res: Tensor, acts: Tensor) -> None:
+        """Iteration i's per-sample L1, L2, TotalEnergy and FractionActive (track_metrics)."""
+        l2 = (0.5 * res.square().sum() + self.const) / self.batch
+        l1 = (acts.abs() * self.lam).sum() / self.batch
+        tracks = self.tracks
+        tracks[i, 0], tracks[i, 1], tracks[i, 3] = l1, l2, (acts != 0).to(self.x.dtype).mean()
+        tracks[i, 2] = l1 + l2
+
+    def keep(self, states: Tensor, acts: Tensor) -> None:
+        """One iteration's values for return_all_ts."""
+        if not self.all_ts:
+            return
+        self.history["states"].append(states.contiguous().clone())
+        self.history["acts"].append(acts.contiguous().clone())
+        if self.keep_recons:
+            self.history["recons"].append(self.plan.to_input(self.plan.recon(acts, self.w)))
+
+    def converged(self, it: int, res: Tensor, acts: Tensor) -> bool:
+        """With ``tol``: whether the energy changed by at most tol (relative) since the last
+        check, every check_every iterations."""
+        if self.tol is None or it == 0 or it % self.check_every:
+            return False
+        e = float(self.energy_sum(res, acts))  # the only host sync, once per check_every
+        done = self._prev_energy is not None and abs(self._prev_energy - e) <= self.tol * abs(e)
+        self._prev_energy = e
+        return done
+
+
+class LCADynamics:
+    """The LCA's leaky integrators, Euler-stepped: u <- u + (1/tau) (b - u - a*G), a = T(u),
+    with b - a*G computed as D^T(s - D(a)) + a (two thin convolutions) plus drive_scaling."""
+
+    name = "lca"
+
+    def run(self, layer: _LCABase, p: _Problem) -> tuple[Tensor, Tensor, int]:
+        """Settle ``p``; returns (states u, acts a, iterations run)."""
+        ip = p.ip
+        u = (p.init if p.init is not None else p.zeros()).contiguous(memory_format=p.mf)
+        a = layer.transfer(u)
+        rate = 1.0 / layer.tau
+        res = None
+        done = 0
+        for it in range(1, p.iters + 2):
+            res = p.residual(a, res if ip else None)
+            done = it - 1  # updates so far: res is the residual of their acts
+            if p.track and done:
+                p.record(done - 1, res, a)
+            if done == p.iters or p.converged(done, res, a):
+                break
+            c = p.corr(res)
+            c = torch.add(c, a, out=c if ip else None)
+            if p.drive_scaling is not None:
+                c = torch.add(c, p.drive_scaling, out=c if ip else None)
+            u = torch.lerp(u, c, rate, out=u if ip else None)
+            a = layer.transfer(u, out=a if ip else None)
+            p.keep(u, a)
+        return u, a, done
+
+
+class FISTA:
+    """Proximal gradient descent on E(a) with Nesterov momentum and per-sample gradient
+    restart; step 1/L with L >= ||D||^2 (:meth:`_LCABase.lipschitz`). Soft threshold only.
+    The states reported are the pre-threshold values a + (v - a) / step, LCA's u."""
+
+    name = "fista"
+
+    def run(self, layer: _LCABase, p: _Problem) -> tuple[Tensor, Tensor, int]:
+        """Minimise ``p``'s energy; returns (states, acts, iterations run)."""
+        ip, init = p.ip, p.init
+        a = layer.transfer(init) if init is not None else p.zeros()
+        a = a.contiguous(memory_format=p.mf)
+        step = 1.0 / layer.lipschitz()
+        lam_step = p.lam * step
+        y = a.clone()
+        t = torch.ones((p.batch,) + (1,) * (a.dim() - 1), dtype=a.dtype, device=a.device)
+        v = init if init is not None else a.clone()
+        res = a_new = diff = probe = None
+        it = 0
+        for it in range(1, p.iters + 1):
+            res = p.residual(y, res if ip else None)
+            c = p.corr(res)
+            if p.drive_scaling is not None:
+                c = torch.add(c, p.drive_scaling, out=c if ip else None)
+            v = torch.add(y, c, alpha=step, out=v if ip else None)
+            a_new = soft_threshold(v, lam_step, layer.nonneg, out=a_new if ip else None)
+            diff = torch.sub(a_new, a, out=diff if ip else None)
+            # Gradient restart: momentum that points uphill is dropped, per sample.
+            probe = torch.sub(y, a_new, out=probe if ip else None)
+            probe = torch.mul(probe, diff, out=probe if ip else None)
+            uphill = probe.flatten(1).sum(1).reshape(t.shape) > 0
+            t = torch.where(uphill, torch.ones_like(t), t)
+            t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+            y = torch.addcmul(a_new, (t - 1.0) / t_next, diff, out=y if ip else None)
+            a, a_new, t = a_new, a, t_next
+            if p.track or (p.tol is not None and it % p.check_every == 0):
+                res_a = p.residual(a, None)
+                if p.track:
+                    p.record(it - 1, res_a, a)
+                if p.converged(it, res_a, a):
+                    break
+            if p.all_ts:
+                p.keep(a + (v - a) / step, a)
+        return a + (v - a) / step, a, it
+
+
+# The solvers by the name ``solver=`` takes: one interface, run(layer, problem).
+_SOLVER_BY_NAME = {s.name: s for s in (LCADynamics(), FISTA())}
+assert tuple(_SOLVER_BY_NAME) == SOLVERS
 
 
 class LCALinear(_LCABase):
