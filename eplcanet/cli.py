@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
            "ties follow the input: eplcanet.energy.pool_ties; check a recipe with "
            "python -m eplcanet.diagnose)")
     a("--precision", default="fp32", choices=PRECISIONS,
-      help="bf16: autocast the relaxation (states kept in fp32); tf32: TF32 tensor cores (CUDA)")
+      help="bf16: autocast the free phase's convolutions (states, the nudged phases and the "
+           "update stay fp32: docs/performance.md); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
     a("--results-dir", default="./results", help="where run directories go")
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")

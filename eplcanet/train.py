@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 def precision_context(precision: str, device) -> contextlib.AbstractContextManager:
     """bf16: autocast the relaxation's convolutions and matmuls (states stay fp32, see
-    dynamics.step); fp32 and tf32 run as they are (tf32 is a global CUDA switch, set once by
+    dynamics.step; EP's nudged phases and update leave autocast, see learning.ep_grads); fp32 and tf32 run as they are (tf32 is a global CUDA switch, set once by
     ``set_matmul_precision``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")

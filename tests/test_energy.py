@@ -179,14 +179,17 @@ def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
     x, y = torch.rand(8, 2, 9, 9), torch.randint(0, 10, (8,))
     phases = Phases(10, 3, (0.0, 0.5), thirdphase=True)
     ep_grads(net, x, y, phases)
-    ref = torch.cat([p.grad.flatten() for p in net.parameters()])
+    ref = [p.grad.clone() for p in net.parameters()]
     with precision_context("bf16", "cpu"):
         states = ep_grads(net, x, y, phases).states
     assert all(s.dtype == torch.float32 for s in states)
-    got = torch.cat([p.grad.flatten() for p in net.parameters()])
-    assert got.dtype == torch.float32
-    assert not torch.equal(got, ref)  # bf16 arithmetic really ran
-    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.98
+    got = [p.grad.clone() for p in net.parameters()]
+    assert all(g.dtype == torch.float32 for g in got)
+    assert not all(torch.equal(a, b) for a, b in zip(got, ref))  # bf16 arithmetic really ran
+    # Per tensor: the nudged phases run in fp32, so even the first layer's estimate keeps its
+    # direction (with bf16 nudged phases its bias fell to cosine 0.64 here).
+    for a, b in zip(got, ref):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
     with pytest.raises(ValueError, match="accepted: fp32, tf32, bf16"):
         precision_context("fp16", "cpu")
 

@@ -178,7 +178,13 @@ def ep_grads(
     if phases.random_sign and b1 == 0.0:
         sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
         b2 = sign * b2
-    with torch.no_grad():
+    # The nudged phases run outside autocast: under bf16 each step's fields carry rounding noise
+    # of ~2^-9 of their size, different in the +beta and -beta phases, which swamps the small
+    # state differences of the lowest layers (per-tensor cosine 0.07 on the CIFAR-size net with
+    # bf16 nudged phases; docs/performance.md). The drive is widened, not recomputed (LCA_CNN's
+    # drive is a whole LCA solve); its rounding is common to both phases.
+    drive = drive.float() if drive.dtype in (torch.bfloat16, torch.float16) else drive
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         if phases.thirdphase and phases.batch_phases:
             plus, minus, nudged_steps = _settle_both_signs(net, drive, free, phases.T2, b2, y)
         else:
