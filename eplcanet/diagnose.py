@@ -14,6 +14,7 @@ for a trained run's best weights) and, on the first --samples training images, m
 - fast paths: the estimate under every --conv-algo against the direct convolution's, per tensor;
   and where Winograd's max-pool picks differ from the direct ones along the free phase, before
   and after the tie rule (``eplcanet.energy.pool_ties``);
+- with --tol: the estimate whose phases stop once settled against the fixed-step one;
 - GDU: the EP estimate against the BPTT gradient through the last T2 steps, per tensor.
 
 On --device cuda everything but the pool-pick report (which compares with the CPU's Winograd
@@ -120,8 +121,11 @@ def diagnose(args, opts) -> dict:
             continue
         fast = cond.estimate(net.with_relaxation(conv_algo=algo), x, y, args.alg, phases)
         rows += _rows(f"conv_algo {algo} vs direct", cond.agreement(fast, direct))
+    if net.relaxation.tol is not None:  # --tol: phases stopped once settled vs all T1 / T2 steps
+        fixed = cond.estimate(net.with_relaxation(tol=None), x, y, args.alg, phases)
+        rows += _rows(f"tol {net.relaxation.tol:g} vs fixed steps", cond.agreement(base, fixed))
     if args.alg == "EP":
-        bptt = cond.estimate(net, x, y, "BPTT", phases)
+        bptt = cond.estimate(net.with_relaxation(tol=None), x, y, "BPTT", phases)
         rows += _rows("EP vs BPTT (GDU)", cond.agreement(base, bptt))
     picks = cond.pool_pick_report(net, x, phases.T1) if device.type == "cpu" else []
 

@@ -32,6 +32,18 @@ def test_writes_tables_summary_and_figure(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+def test_tol_run_compares_the_settled_estimate_with_the_fixed_step_one(tmp_path):
+    out = tmp_path / "diag"
+    flags = ["--channels", "4", "8", "--T1", "60", "--T2", "30", "--thirdphase", "--betas", "0",
+             "0.5", "--tol", "1e-6", "--samples", "2", "--out", str(out)]
+    summary = main(flags)
+    assert summary["worst_tensor"]["tol 1e-06 vs fixed steps"]["cosine"] > 0.999
+    assert summary["max_rel_err"]["tol 1e-06 vs fixed steps"] < 1e-4
+    # and the comparison can fail: a loose tol stops before the estimate has converged
+    loose = main(flags[:-5] + ["1e-1", "--samples", "2", "--out", str(tmp_path / "loose")])
+    assert loose["max_rel_err"]["tol 0.1 vs fixed steps"] > 1e-3
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--samples", "0"], "--samples"),
     (["--noise", "nan"], "--noise"),
