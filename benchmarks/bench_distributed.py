@@ -98,7 +98,8 @@ def _worker(rank: int, world: int, port: int, argv: list[str], steps: int, repea
         splits = load_task(args.task, data_path=args.data_path, val_fraction=0.0,
                            seed=args.seed)
         shape = (splits.in_channels, splits.image_size, splits.image_size)
-        net = build_model(args, shape, splits.n_classes)
+        net = build_model(args, shape, splits.n_classes,
+                          dictionary_sync=ctx if ctx.enabled else None)
         ctx.prepare_model(net)
         opt, _ = build_optimizer(args, net)
         comm: list[float] = []

@@ -208,15 +208,14 @@ class DistContext:
 
     # ----------------------------------------------------------------------------- model
     def prepare_model(self, net: nn.Module) -> None:
-        """Broadcast rank 0's parameters and buffers (every process then starts identical) and
-        let an LCA_CNN's dictionary updates use the global minibatch."""
+        """Broadcast rank 0's parameters and buffers: every process then starts identical. (An
+        LCA_CNN's dictionary steps share the global minibatch through the context it was built
+        with: ``build_model(..., dictionary_sync=ctx)``.)"""
         if not self.enabled:
             return
         with torch.no_grad():
             for t in (*net.parameters(), *net.buffers()):
                 dist.broadcast(t.data, src=0)
-        if hasattr(net, "dictionary_sync"):
-            net.dictionary_sync = self
 
     def average_grads(self, net: nn.Module, n: int) -> None:
         """Replace every ``.grad`` (a mean over this process's n samples) by the mean over the

@@ -42,13 +42,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
+def build_model(args, in_shape: tuple[int, ...], n_classes: int,
+                dictionary_sync=None) -> EnergyNet:
     """The network named by --model for inputs of shape in_shape (C, H, W), relaxing with the
-    --updates order."""
-    return _build_network(args, in_shape, n_classes)
-
-
-def _build_network(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet:
+    --updates order and --conv-algo; dictionary_sync: a multi-process run's context, which an
+    LCACNN's dictionary steps share (None: one process)."""
     if args.fc[-1] != n_classes and args.model != "MLP":
         raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
                          f"classes of --task {args.task} ({n_classes})")
@@ -64,7 +62,7 @@ def _build_network(args, in_shape: tuple[int, ...], n_classes: int) -> EnergyNet
     conv = (in_shape, args.channels, args.kernels, args.strides, args.paddings, args.pools,
             args.fc)
     if args.model == "LCACNN":
-        return build_lca_cnn(args, in_shape)
+        return build_lca_cnn(args, in_shape, dictionary_sync)
     if args.model == "VFCNN":
         return VF_CNN(*conv, same_update=args.same_update, **common)
     return P_CNN(*conv, **common)
@@ -123,7 +121,8 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
                            download=args.download, val_fraction=args.val_fraction,
                            seed=args.seed, data_aug=args.data_aug, image_size=args.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    net = build_model(args, in_shape, splits.n_classes).to(device)
+    net = build_model(args, in_shape, splits.n_classes,
+                      dictionary_sync=dist if dist.enabled else None).to(device)
     dist.prepare_model(net)
     prepare_code_cache(args, net, splits, device)  # LCACNN --cache-codes only
     opt, sched = build_optimizer(args, net)

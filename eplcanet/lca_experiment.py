@@ -196,9 +196,11 @@ def check_dictionary_file(
     return weight, config
 
 
-def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int]) -> LCA_CNN:
+def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int],
+                  dictionary_sync=None) -> LCA_CNN:
     """The LCACNN of the flags for images of shape (C, H, W), with its dictionary loaded when a
-    new pretrained/finetune run starts (a resumed or evaluated run loads its checkpoint's)."""
+    new pretrained/finetune run starts (a resumed or evaluated run loads its checkpoint's);
+    dictionary_sync: the multi-process context its dictionary steps share (LCA_CNN)."""
     common = {"out_neurons": args.lca_feats, "in_neurons": in_shape[0],
               "kernel_size": args.lca_ksize, "stride": args.lca_stride, "pad": "same",
               "eta": args.lca_eta}
@@ -214,7 +216,8 @@ def build_lca_cnn(args: argparse.Namespace, in_shape: tuple[int, int, int]) -> L
                       scale=args.scale,
                       relaxation=Relaxation(args.updates, args.conv_algo, args.tol),
                       scale_feedback=args.scale_feedback,
-                      dict_training=args.dict_training, dict_update_every=args.dict_update_every)
+                      dict_training=args.dict_training, dict_update_every=args.dict_update_every,
+                      dictionary_sync=dictionary_sync)
     except ValueError as err:
         _fail(f"--model LCACNN on {in_shape} images: {err}")
     if _dictionary_file_needed(args):

@@ -138,6 +138,7 @@ class LCA_CNN(EnergyNet):
         scale_feedback: float = 1.0,
         dict_training: str = "pretrained",
         dict_update_every: int = 1,
+        dictionary_sync=None,
         **net_kwargs,
     ) -> None:
         if len(in_shape) != 3:
@@ -177,9 +178,10 @@ class LCA_CNN(EnergyNet):
         self.register_buffer("nudged_steps", torch.zeros((), dtype=torch.long))
         self._memo: tuple[Tensor, int, Tensor] | None = None
         self._cache: CodeCache | None = None
-        # Set by eplcanet.distributed in a multi-process run (None: one process): dictionary
-        # steps then use every process's part of the minibatch, and end identical everywhere.
-        self.dictionary_sync = None
+        # A multi-process run's context (eplcanet.distributed.DistContext: gather_batch,
+        # broadcast_; None: one process): dictionary steps then use every process's part of the
+        # minibatch, and end identical everywhere.
+        self.dictionary_sync = dictionary_sync
 
     # ----------------------------------------------------------------------------- coding
     @property
