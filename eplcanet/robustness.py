@@ -1,4 +1,4 @@
-"""Robustness of trained energy-based networks: PGD attacks through the relaxation and common
+"""Robustness of trained energy-based networks: adversarial attacks through the relaxation and common
 corruptions (``main_fast.py --todo attack`` and ``--todo corrupt``).
 
 Pixel space. Budgets and corruptions are defined on pixels in [0, 1], but the datasets serve
@@ -22,10 +22,10 @@ Step semantics (our names for the seed's --predict-step / --attack-step):
   truncation weakens the attack (on MNIST, attack_step 4 of 20 overestimated an LCA-CNN's PGD
   accuracy by about 20 points), so lower it only to save memory, and report it.
 
-PGD (Madry et al., 2018) is implemented here in a few lines rather than taken from torchattacks:
-torchattacks 3.5.1 pins ``requests~=2.25.1``, which would downgrade requests and conflict with
-the Jupyter stack the notebook needs. ``tests/test_robustness.py`` checks that our PGD returns
-exactly what ``torchattacks.PGD`` / ``PGDL2`` return, whenever torchattacks is installed.
+The attacks come from the Adversarial Robustness Toolbox (:mod:`eplcanet.attacks`): ``--todo
+attack`` runs :data:`DRIVER_ATTACKS` at every radius, writes the table (``attack.csv``, the
+columns of ``attacks.RESULT_COLUMNS`` plus ``masking_flags``) and the gradient-masking checks
+(``masking_checks.csv``) and prints a warning for each failed check.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -83,18 +82,6 @@ _DEFAULT_EPSILONS = {
     ("L2", 3): (0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
 }
 
-ATTACK_FIELDS = (
-    "norm",
-    "epsilon",
-    "accuracy",
-    "accuracy_pgd",
-    "accuracy_noise",
-    "max_perturbation",
-    "n",
-    "pgd_steps",
-    "predict_step",
-    "attack_step",
-)
 CORRUPTION_FIELDS = ("corruption", "severity", "accuracy", "n", "predict_step")
 
 
@@ -224,188 +211,11 @@ def predict(
 # Attacks
 
 
-def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-
-
-def _flat_norms(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each sample, shaped (B, 1, 1, 1) for broadcasting."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
-def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample size of delta (B, ...) in the given norm, (B,)."""
-    _check_norm(norm)
-    flat = delta.flatten(1)
-    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
-
-
-def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    if norm == "Linf":
-        return delta.clamp(-eps, eps)
-    # A zero-sized delta needs no scaling; clamp_min avoids 0 / 0 when eps is 0 as well.
-    return delta * (eps / _flat_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
-
-
-def random_perturbation(
-    pixels: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random noise of size eps, clipped to the pixel range: the baseline the attack must beat.
-
-    Linf: independent signs times eps (a corner of the ball, the largest random Linf noise);
-    L2: a uniformly random direction scaled to norm eps. Clipping to [0, 1] only shrinks it.
-    """
-    _check_norm(norm)
-    noise = torch.randn(pixels.shape, generator=generator, device=pixels.device)
-    if norm == "Linf":
-        noise = eps * noise.sign()
-    else:
-        noise = eps * noise / _flat_norms(noise).clamp_min(1e-12)
-    return (pixels + noise).clamp(0.0, 1.0)
-
-
-def pgd(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    pixels: torch.Tensor,
-    labels: torch.Tensor,
-    eps: float,
-    norm: str,
-    steps: int = 20,
-    alpha: float | None = None,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Untargeted projected gradient ascent on the cross-entropy, inside the eps-ball of `norm`.
-
-    pixels (B, C, H, W) in [0, 1], labels (B,); returns adversarial pixels of the same shape in
-    [0, 1] with ||adv - pixels|| <= eps per sample. Linf steps by alpha * sign(grad), L2 by alpha
-    times the unit-norm gradient; each step is projected on the ball, then clipped to [0, 1]
-    (clipping moves every value towards the clean one, so it never leaves the ball).
-    alpha defaults to 2.5 * eps / steps (Madry et al.). random_start draws the start uniformly
-    in the Linf ball, or with a random direction and a radius uniform in [0, eps] for L2,
-    as torchattacks does.
-    """
-    _check_norm(norm)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    alpha = 2.5 * eps / steps if alpha is None else alpha
-    clean = pixels.detach()
-    adv = clean.clone()
-    if random_start:
-        if norm == "Linf":
-            u = torch.rand(clean.shape, generator=generator, device=clean.device)
-            adv = adv + (2 * u - 1) * eps
-        else:
-            d = torch.randn(clean.shape, generator=generator, device=clean.device)
-            r = torch.rand(
-                (clean.shape[0],) + (1,) * (clean.dim() - 1),
-                generator=generator,
-                device=clean.device,
-            )
-            adv = adv + d / _flat_norms(d).clamp_min(1e-12) * r * eps
-        adv = adv.clamp(0.0, 1.0)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(adv), labels)
-            (grad,) = torch.autograd.grad(loss, adv)
-        with torch.no_grad():
-            if norm == "Linf":
-                step = grad.sign()
-            else:
-                step = grad / (_flat_norms(grad) + 1e-10)
-            adv = adv.detach() + alpha * step
-            adv = (clean + _project(adv - clean, eps, norm)).clamp(0.0, 1.0)
-    return adv.detach()
-
-
 def default_epsilons(norm: str, channels: int) -> tuple[float, ...]:
     """Default radii for `norm`: MNIST-scale for 1-channel images, CIFAR-scale for 3 channels."""
-    _check_norm(norm)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     return _DEFAULT_EPSILONS[(norm, 3 if channels == 3 else 1)]
-
-
-def evaluate_attacks(
-    model: EquilibriumPredictor,
-    pixels: torch.Tensor,
-    labels: torch.Tensor,
-    epsilons: dict[str, Sequence[float]],
-    pgd_steps: int = 20,
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[dict]:
-    """Accuracy against PGD and against random noise, per norm and radius.
-
-    pixels (N, C, H, W) in [0, 1], labels (N,); epsilons {norm: radii}. Returns one row per
-    (norm, eps) with ATTACK_FIELDS:
-        accuracy_pgd: accuracy on the PGD examples of this radius;
-        accuracy: the fraction of samples that no PGD run at a radius <= eps fooled (an example
-            found in a smaller ball lies in the larger one too, so this is also an upper bound on
-            the robust accuracy at eps, and it is non-increasing in eps by construction);
-        accuracy_noise: accuracy on random noise of the same size (:func:`random_perturbation`);
-        max_perturbation: the largest ||adv - pixels|| over the samples, in that norm.
-    """
-    if pixels.shape[0] != labels.shape[0] or pixels.shape[0] == 0:
-        raise ValueError(
-            f"pixels and labels need the same non-zero length, got {pixels.shape[0]} "
-            f"and {labels.shape[0]}"
-        )
-    for norm, radii in epsilons.items():
-        _check_norm(norm)
-        if not radii or any(not e >= 0 for e in radii):
-            raise ValueError(f"epsilons[{norm!r}] must be non-empty and >= 0, got {radii}")
-    device = next(model.parameters(), pixels).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    plan = [(norm, sorted(float(e) for e in radii)) for norm, radii in epsilons.items()]
-    counts = {
-        (norm, e): {"pgd": 0, "cum": 0, "noise": 0, "max": 0.0}
-        for norm, radii in plan
-        for e in radii
-    }
-    n = pixels.shape[0]
-    batches = range(0, n, batch_size)
-    # disable=None lets tqdm hide the bar when the output is not a terminal.
-    hide = None if progress else True
-    for start in tqdm(batches, desc="attack", leave=False, disable=hide):
-        x = pixels[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
-        for norm, radii in plan:
-            robust = torch.ones_like(y, dtype=torch.bool)
-            for eps in radii:
-                adv = pgd(model, x, y, eps, norm, pgd_steps, generator=gen)
-                with torch.no_grad():
-                    ok = model(adv).argmax(1) == y
-                    noisy = random_perturbation(x, eps, norm, generator=gen)
-                    ok_noise = model(noisy).argmax(1) == y
-                robust &= ok
-                c = counts[(norm, eps)]
-                c["pgd"] += int(ok.sum())
-                c["cum"] += int(robust.sum())
-                c["noise"] += int(ok_noise.sum())
-                c["max"] = max(c["max"], float(perturbation_norms(adv - x, norm).max()))
-    rows = []
-    for norm, radii in plan:
-        for eps in radii:
-            c = counts[(norm, eps)]
-            rows.append(
-                {
-                    "norm": norm,
-                    "epsilon": eps,
-                    "accuracy": c["cum"] / n,
-                    "accuracy_pgd": c["pgd"] / n,
-                    "accuracy_noise": c["noise"] / n,
-                    "max_perturbation": c["max"],
-                    "n": n,
-                    "pgd_steps": pgd_steps,
-                    "predict_step": model.predict_step,
-                    "attack_step": model.attack_step,
-                }
-            )
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,16 +462,7 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
             else default_epsilons(norm, pixels.shape[1])
             for norm in norms
         }
-        rows = evaluate_attacks(
-            model, pixels, labels, epsilons, args.pgd_steps, batch_size=args.mbs, seed=args.seed
-        )
-        csv_path = write_rows(rows, ATTACK_FIELDS, run_dir / "attack.csv")
-        png = plots.plot_robustness({_run_label(args): rows}, run_dir / "attack.png")
-        for r in rows:
-            print(
-                f"{r['norm']:>4s} eps {r['epsilon']:.4g}: PGD {100 * r['accuracy']:.1f}% "
-                f"noise {100 * r['accuracy_noise']:.1f}%"
-            )
+        rows, csv_path, png = _run_attacks(args, model, pixels, labels, epsilons, run_dir, device)
     else:
         rows = evaluate_corruptions(
             model,
@@ -678,6 +479,76 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
             print(f"{r['corruption']:>14s} severity {r['severity']}: {100 * r['accuracy']:.1f}%")
     print(f"wrote {csv_path} and {png}")
     return {"rows": rows, "csv": csv_path, "png": png}
+
+
+# What --todo attack runs at every radius of each norm: (attack, steps as a multiple of
+# --pgd-steps, restarts). The second PGD (twice the steps and restarts) feeds the check that more
+# effort never raises accuracy; Square (score-based, no gradient) feeds the black-box check.
+DRIVER_ATTACKS = (
+    ("pgd", 1, 1),
+    ("pgd", 2, 2),
+    ("apgd-ce", 1, 1),
+    ("apgd-dlr", 1, 1),
+    ("square", 10, 1),
+)
+
+
+def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
+    """The ART attacks of DRIVER_ATTACKS on the predictor: attack.csv (with masking_flags),
+    masking_checks.csv (one row per comparison of each check) and attack.png."""
+    import warnings
+
+    import pandas as pd
+
+    from . import attacks, plots
+    from .runs import atomic_write_text
+
+    classifier = attacks.art_classifier(
+        model, tuple(pixels.shape[1:]), model.net.n_classes, device
+    )
+    specs = [
+        attacks.AttackSpec(name, norm, factor * args.pgd_steps, restarts)
+        for norm in epsilons
+        for name, factor, restarts in DRIVER_ATTACKS
+    ]
+    table = attacks.attack_table(
+        classifier, pixels, labels, specs, epsilons, model.predict_step, model.attack_step,
+        seed=args.seed, batch_size=args.mbs, progress=True,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checks = attacks.masking_checks(table)
+    for w in caught:
+        print(f"WARNING: {w.message}")
+    table = attacks.mark_flags(table, checks)
+    csv_path = Path(run_dir) / "attack.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(table.to_csv(index=False, lineterminator="\n"), csv_path)
+    numbers = [
+        c.numbers.assign(check=c.name, passed=c.passed, message=c.message)
+        for c in checks
+        if not c.numbers.empty
+    ]
+    summary = pd.concat(numbers, ignore_index=True) if numbers else pd.DataFrame(
+        columns=["check", "passed", "message"]
+    )
+    atomic_write_text(
+        summary.to_csv(index=False, lineterminator="\n"), csv_path.with_name("masking_checks.csv")
+    )
+    rows = table.to_dict("records")
+    label = _run_label(args)
+    curves = {
+        f"{label}, {a} {s}x{r}": [x for x in rows if (x["attack"], x["steps"], x["restarts"]) == (a, s, r)]
+        for a, s, r in dict.fromkeys((x["attack"], x["steps"], x["restarts"]) for x in rows)
+    }
+    png = plots.plot_robustness(curves, Path(run_dir) / "attack.png", title=label)
+    for r in rows:
+        print(
+            f"{r['norm']:>4s} eps {r['epsilon']:.4g} {r['attack']:>11s} {r['steps']}x{r['restarts']}: "
+            f"{100 * r['accuracy']:.1f}% ({r['forwards_per_image']:.0f} relaxations per image)"
+            + (f" FLAGGED {r['masking_flags']}" if r["masking_flags"] else "")
+        )
+    return rows, csv_path, png
 
 
 def _run_label(args: argparse.Namespace) -> str:

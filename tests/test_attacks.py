@@ -109,11 +109,18 @@ def test_a_large_ball_breaks_the_trained_network(digits_net, attack, norm, eps, 
         assert res.gradients_per_image == 0 and res.forwards_per_image > 1
 
 
-def test_art_pgd_linf_returns_what_the_handwritten_pgd_returns(digits_net):
-    """Same start (the clean image), same step and steps: the same adversarial pixels."""
+def test_art_pgd_linf_returns_the_projected_sign_gradient_ascent(digits_net):
+    """From the clean image, 7 steps of x <- clip(x + 0.02 sign(grad CE), ball, [0, 1]) written
+    with autograd on the predictor: ART's PGD through the classifier returns the same pixels."""
     _, predictor, clf, pixels, labels = digits_net
     x, y = pixels[:40], labels[:40]
-    ours = rb.pgd(predictor, x, y, 0.1, "Linf", steps=7, alpha=0.02, random_start=False)
+    ours = x.clone()
+    for _ in range(7):
+        ours.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(predictor(ours), y)
+        (grad,) = torch.autograd.grad(loss, ours)
+        with torch.no_grad():
+            ours = (x + (ours + 0.02 * grad.sign() - x).clamp(-0.1, 0.1)).clamp(0, 1)
     res = at.run_attack(clf, x, y, "pgd", "Linf", 0.1, steps=7, restarts=0, eps_step=0.02)
     torch.testing.assert_close(res.adversarial, ours, atol=1e-6, rtol=0)
     assert res.accuracy < _clean_accuracy(clf, x, y)
