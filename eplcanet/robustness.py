@@ -537,11 +537,9 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
     )
     rows = table.to_dict("records")
     label = _run_label(args)
-    curves = {
-        f"{label}, {a} {s}x{r}": [x for x in rows if (x["attack"], x["steps"], x["restarts"]) == (a, s, r)]
-        for a, s, r in dict.fromkeys((x["attack"], x["steps"], x["restarts"]) for x in rows)
-    }
-    png = plots.plot_robustness(curves, Path(run_dir) / "attack.png", title=label)
+    png = plots.plot_robustness(
+        attack_curves(label, rows), Path(run_dir) / "attack.png", title="ART attacks"
+    )
     for r in rows:
         print(
             f"{r['norm']:>4s} eps {r['epsilon']:.4g} {r['attack']:>11s} {r['steps']}x{r['restarts']}: "
@@ -549,6 +547,16 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
             + (f" FLAGGED {r['masking_flags']}" if r["masking_flags"] else "")
         )
     return rows, csv_path, png
+
+
+def attack_curves(label: str, rows: list[dict]) -> dict[str, list[dict]]:
+    """An attack.csv's rows as one curve per attack run, {"LABEL, ATTACK STEPSxRESTARTS": rows},
+    for plots.plot_robustness."""
+    runs = dict.fromkeys((r["attack"], r["steps"], r["restarts"]) for r in rows)
+    return {
+        f"{label}, {a} {s}x{n}": [r for r in rows if (r["attack"], r["steps"], r["restarts"]) == (a, s, n)]
+        for a, s, n in runs
+    }
 
 
 def _run_label(args: argparse.Namespace) -> str:
@@ -580,8 +588,8 @@ def main(argv: list[str] | None = None) -> None:
         csv_path = Path(run) / "attack.csv"
         if not csv_path.is_file():
             p.error(f"{csv_path} not found: run main_fast.py --todo attack --load-path {run}")
-        curves[label] = read_rows(csv_path)
-    print(plots.plot_robustness(curves, args.out, title=args.title))
+        curves.update(attack_curves(label, read_rows(csv_path)))
+    print(plots.plot_robustness(curves, args.out, title=args.title or "ART attacks"))
 
 
 if __name__ == "__main__":

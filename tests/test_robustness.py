@@ -329,6 +329,9 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
     at0, at3 = table[table["epsilon"] == 0], table[table["epsilon"] == 0.3]
     assert at0["accuracy"].nunique() == 1  # eps 0: every attack leaves the clean accuracy
     assert (at3["accuracy"].to_numpy() <= at0["accuracy"].to_numpy()).all()
+    curves = rb.attack_curves("EP", rb.read_rows(run_dir / "attack.csv"))
+    assert [len(c) for c in curves.values()] == [2] * len(runs)
+    assert list(curves) == [f"EP, {a} {s}x{r}" for a, s, r in runs]
     checks = pd.read_csv(run_dir / "masking_checks.csv")
     assert set(checks["check"]) <= {"accuracy_vanishes", "more_effort_never_helps",
                                      "black_box_not_better", "full_gradient_not_weaker"}
