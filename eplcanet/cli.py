@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="attack: the gradient flows through the last N of the --predict-step steps "
       "(default all: the exact gradient)")
     a("--pgd-steps", type=int, default=20, help="attack: PGD iterations per radius")
+    a("--attacks", nargs="+", default=None, metavar="NAME",
+      help="attack: ART attacks to run, among pgd apgd-ce apgd-dlr square (default all)")
     a("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS,
       metavar="NAME", help=f"corrupt: among {' '.join(CORRUPTIONS)}")
     a("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES,

@@ -414,6 +414,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             f"error: --attack-step must be in [1, --predict-step "
             f"({args.predict_step})], got {args.attack_step}"
         )
+    names = tuple(dict.fromkeys(name for name, _, _ in DRIVER_ATTACKS))
+    if args.attacks is not None:
+        bad = [a for a in args.attacks if a not in names]
+        if bad or not args.attacks:
+            raise SystemExit(f"error: unknown --attacks {bad}; accepted: {', '.join(names)}")
     if args.pgd_steps < 1:
         raise SystemExit(f"error: --pgd-steps must be >= 1, got {args.pgd_steps}")
     if args.attack_samples is not None and args.attack_samples < 1:
@@ -510,6 +515,7 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
         attacks.AttackSpec(name, norm, factor * args.pgd_steps, restarts)
         for norm in epsilons
         for name, factor, restarts in DRIVER_ATTACKS
+        if args.attacks is None or name in args.attacks
     ]
     table = attacks.attack_table(
         classifier, pixels, labels, specs, epsilons, model.predict_step, model.attack_step,

@@ -268,6 +268,7 @@ def test_robustness_plots(tmp_path):
         (["--todo", "attack", "--load-path", "r", "--attack-step", "30"], "--attack-step"),
         (["--todo", "corrupt", "--load-path", "r", "--predict-step", "0"], "--predict-step"),
         (["--todo", "attack", "--load-path", "r", "--pgd-steps", "0"], "--pgd-steps"),
+        (["--todo", "attack", "--load-path", "r", "--attacks", "pgd", "fgsm"], "--attacks"),
         (["--todo", "corrupt", "--load-path", "r", "--attack-samples", "0"], "--attack-samples"),
     ],
 )
