@@ -1,5 +1,5 @@
-"""Robustness of trained energy-based networks: adversarial attacks through the relaxation and common
-corruptions (``main_fast.py --todo attack`` and ``--todo corrupt``).
+"""Robustness of trained energy-based networks: adversarial attacks through the relaxation and
+common corruptions (``main_fast.py --todo attack`` and ``--todo corrupt``).
 
 Pixel space. Budgets and corruptions are defined on pixels in [0, 1], but the datasets serve
 normalised tensors (1-channel images stay in [0, 1]; 3-channel images are standardised with
@@ -535,7 +535,8 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
         for c in checks
         if not c.numbers.empty
     ]
-    summary = pd.concat(numbers, ignore_index=True) if numbers else pd.DataFrame(
+    # convert_dtypes keeps integer columns integers where other checks' rows leave them empty.
+    summary = pd.concat(numbers, ignore_index=True).convert_dtypes() if numbers else pd.DataFrame(
         columns=["check", "passed", "message"]
     )
     atomic_write_text(
@@ -548,7 +549,8 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
     )
     for r in rows:
         print(
-            f"{r['norm']:>4s} eps {r['epsilon']:.4g} {r['attack']:>11s} {r['steps']}x{r['restarts']}: "
+            f"{r['norm']:>4s} eps {r['epsilon']:.4g} {r['attack']:>11s} "
+            f"{r['steps']}x{r['restarts']}: "
             f"{100 * r['accuracy']:.1f}% ({r['forwards_per_image']:.0f} relaxations per image)"
             + (f" FLAGGED {r['masking_flags']}" if r["masking_flags"] else "")
         )
@@ -558,11 +560,11 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
 def attack_curves(label: str, rows: list[dict]) -> dict[str, list[dict]]:
     """An attack.csv's rows as one curve per attack run, {"LABEL, ATTACK STEPSxRESTARTS": rows},
     for plots.plot_robustness."""
-    runs = dict.fromkeys((r["attack"], r["steps"], r["restarts"]) for r in rows)
-    return {
-        f"{label}, {a} {s}x{n}": [r for r in rows if (r["attack"], r["steps"], r["restarts"]) == (a, s, n)]
-        for a, s, n in runs
-    }
+    def run(r: dict) -> tuple:
+        return r["attack"], r["steps"], r["restarts"]
+
+    runs = dict.fromkeys(run(r) for r in rows)
+    return {f"{label}, {a} {s}x{n}": [r for r in rows if run(r) == (a, s, n)] for a, s, n in runs}
 
 
 def _run_label(args: argparse.Namespace) -> str:
