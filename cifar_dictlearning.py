@@ -34,6 +34,8 @@ import torch
 from tqdm import tqdm
 
 from eplcanet.data import TASKS, load_task, natural_image_patches
+from eplcanet.entry import (COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, SEED, Parser, number,
+                            resolve_device, run_command)
 from eplcanet.runs import atomic_write_text, make_run_dir, save_hyperparameters
 from eplcanet.sparse import (
     LCAConv2D,
@@ -49,7 +51,7 @@ TASK_CHOICES = ("patches", *TASKS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Learn a convolutional LCA dictionary with the Hebbian rule.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -65,15 +67,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--download", action="store_true", help="let torchvision download the task")
     p.add_argument(
         "--n-images",
-        type=int,
+        type=COUNT,
         default=None,
         help="training images used (default: all; 512 for patches)",
     )
-    p.add_argument("--n-eval", type=int, default=128, help="held-out images for evaluation")
-    p.add_argument("--lca_feats", type=int, default=64, help="number of atoms F")
-    p.add_argument("--lca_lambda", type=float, default=0.25, help="sparsity threshold lambda")
-    p.add_argument("--lca_tau", type=float, default=100.0, help="LCA time constant (solver lca)")
-    p.add_argument("--lca_eta", type=float, default=0.5, help="Hebbian learning rate")
+    p.add_argument("--n-eval", type=COUNT, default=128, help="held-out images for evaluation")
+    p.add_argument("--lca_feats", type=COUNT, default=64, help="number of atoms F")
+    p.add_argument("--lca_lambda", type=NON_NEGATIVE, default=0.25, help="sparsity threshold lambda")
+    p.add_argument("--lca_tau", type=number(float, low=1.0), default=100.0, help="LCA time constant (solver lca)")
+    p.add_argument("--lca_eta", type=POSITIVE, default=0.5, help="Hebbian learning rate")
     p.add_argument(
         "--eta-schedule",
         default="cosine",
@@ -81,35 +83,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cosine: eta decays from --lca_eta to 0 over the run (large early steps shape the "
         "atoms, small late ones settle them)",
     )
-    p.add_argument("--lca_iters", type=int, default=100, help="solver iterations per batch")
-    p.add_argument("--lca_stride", type=int, default=2, help="atom stride")
-    p.add_argument("--lca_ksize", type=int, default=9, help="atom size (odd)")
+    p.add_argument("--lca_iters", type=COUNT, default=100, help="solver iterations per batch")
+    p.add_argument("--lca_stride", type=COUNT, default=2, help="atom stride")
+    p.add_argument("--lca_ksize", type=COUNT, default=9, help="atom size (odd)")
     p.add_argument(
         "--solver",
         default="fista",
         choices=("fista", "lca"),
         help="fista reaches the LCA optimum in far fewer iterations",
     )
-    p.add_argument("--eval-iters", type=int, default=300, help="solver iterations to evaluate")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--mbs", type=int, default=64, help="minibatch size")
+    p.add_argument("--eval-iters", type=COUNT, default=300, help="solver iterations to evaluate")
+    p.add_argument("--epochs", type=COUNT, default=2)
+    p.add_argument("--mbs", type=COUNT, default=64, help="minibatch size")
     p.add_argument(
         "--lambda-schedule",
         default="constant",
         help="'constant', or 'linear:START:EPOCHS' to ramp lambda linearly from START "
         "to --lca_lambda over the first EPOCHS epochs (fractions allowed)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--threads",
-        type=int,
+        type=COUNT,
         default=None,
         help="CPU threads for torch; default: 1 when other processes already keep half the "
         "cores busy (OpenMP threads then wait on each other), else torch's choice",
     )
     p.add_argument("--results-dir", default="./results")
     p.add_argument("--out", default=None, help="dictionary file (default: RUN_DIR/dictionary.pt)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to replace an existing dictionary file")
     return p.parse_args(argv)
@@ -145,35 +148,15 @@ def check_args(args: argparse.Namespace) -> torch.device:
         raise ValueError(f"--data-path {args.data_path!r}: no such file")
     if args.task != "npz" and args.data_path is not None:
         raise ValueError("--data-path is used only with --task npz")
-    positive = ("lca_feats", "lca_iters", "lca_stride", "lca_ksize", "epochs", "mbs", "n_eval")
-    for name in (*positive, "eval_iters"):
-        if getattr(args, name) < 1:
-            flag = name if name.startswith("lca_") else name.replace("_", "-")
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.n_images is not None and args.n_images < 1:
-        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
     if args.lca_ksize % 2 == 0:
         raise ValueError(f"--lca_ksize must be odd ('same' padding), got {args.lca_ksize}")
     if args.lca_stride > args.lca_ksize:
         raise ValueError(f"--lca_stride ({args.lca_stride}) must be <= --lca_ksize")
-    if not args.lca_lambda >= 0 or not args.lca_eta > 0 or not args.lca_tau >= 1:
-        raise ValueError("need --lca_lambda >= 0, --lca_eta > 0 and --lca_tau >= 1")
     lambda_schedule(args.lambda_schedule, args.lca_lambda)
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
         raise ValueError(f"--out {args.out} exists (a learned dictionary would be lost): give "
                          "another path, or --overwrite to replace it")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a device name") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available here")
-    return device
+    return resolve_device(args.device)
 
 
 def cpu_threads() -> int:
@@ -411,7 +394,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_command(main))

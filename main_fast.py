@@ -4,8 +4,9 @@
     python main_fast.py --help               # every flag, with its default
 """
 
-from eplcanet.cli import parse_args
-from eplcanet.experiment import run
+import sys
+
+from eplcanet.cli import main
 
 if __name__ == "__main__":
-    run(parse_args())
+    sys.exit(main())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from .data import TASKS
+from .entry import (COUNT, DEVICE_HELP, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Parser, number,
+                    run_command)
 from .energy.activations import ACTIVATIONS
 from .energy.learning import ALGORITHMS
 from .energy.networks import CONV_ALGOS, LOSSES, POOLS, UPDATE_ORDERS
@@ -20,19 +21,8 @@ TODOS = ("train", "evaluate", "gducheck", *ROBUSTNESS_TODOS)
 OPTIMS = ("sgd", "adam")
 
 
-def _tol(text: str) -> float:
-    """argparse type for --tol: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (e.g. 1e-6), got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="main_fast.py",
         description="Train an energy-based recurrent network with Equilibrium Propagation. "
         "With no flags: a small EP CNN on scikit-learn's bundled digits (offline).",
@@ -41,37 +31,37 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     # model
     a("--model", default="CNN", choices=MODELS, help="network family")
-    a("--archi", type=int, nargs="+", default=None,
+    a("--archi", type=COUNT, nargs="+", default=None,
       help="MLP layer sizes: input, hidden..., classes (e.g. 64 256 10)")
-    a("--channels", type=int, nargs="+", default=[32, 64], help="conv feature maps per layer")
-    a("--kernels", type=int, nargs="+", default=None, help="conv kernel sizes (default 3 each)")
-    a("--strides", type=int, nargs="+", default=None, help="conv strides (default 1 each)")
-    a("--paddings", type=int, nargs="+", default=None, help="conv paddings (default 1 each)")
+    a("--channels", type=COUNT, nargs="+", default=[32, 64], help="conv feature maps per layer")
+    a("--kernels", type=COUNT, nargs="+", default=None, help="conv kernel sizes (default 3 each)")
+    a("--strides", type=COUNT, nargs="+", default=None, help="conv strides (default 1 each)")
+    a("--paddings", type=number(int, low=0), nargs="+", default=None, help="conv paddings (default 1 each)")
     a("--pools", type=str, default=None,
       help="one of m (max), a (avg), i (none) per conv layer (default m each); "
       "LCACNN: see its group below")
-    a("--fc", type=int, nargs="+", default=[10], help="fully connected layers; last = classes")
+    a("--fc", type=COUNT, nargs="+", default=[10], help="fully connected layers; last = classes")
     a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="neuron activation")
-    a("--scale", type=float, default=None, help="multiplies the weight initialisation")
+    a("--scale", type=POSITIVE, default=None, help="multiplies the weight initialisation")
     a("--same-update", action="store_true", help="VFCNN: feedback weights get W's update")
     # data
     a("--task", default="digits", choices=TASKS, help="dataset")
     a("--data-dir", default="./data", help="torchvision dataset root")
     a("--data-path", default=None, help="the .npz file for --task npz (arrays x, y)")
     a("--download", action="store_true", help="let torchvision download the dataset")
-    a("--image-size", type=int, default=None, help="resize digits (8x8) to this size")
-    a("--val-fraction", type=float, default=0.1, help="share of training data for validation")
+    a("--image-size", type=COUNT, default=None, help="resize digits (8x8) to this size")
+    a("--val-fraction", type=FRACTION, default=0.1, help="share of training data for validation")
     a("--data-aug", action="store_true", help="random crops (and flips for colour images)")
     # algorithm
     a("--todo", default="train", choices=TODOS, help="what to do")
     a("--alg", default="EP", choices=ALGORITHMS, help="gradient estimator")
-    a("--T1", type=int, default=20, help="free-phase steps")
-    a("--T2", type=int, default=4, help="nudged-phase steps (BPTT: steps backpropagated)")
+    a("--T1", type=COUNT, default=20, help="free-phase steps")
+    a("--T2", type=COUNT, default=4, help="nudged-phase steps (BPTT: steps backpropagated)")
     a("--updates", default="sync", choices=UPDATE_ORDERS,
       help="relaxation order: sync (every layer from the previous step) or alternate (even "
            "layers, then odd layers from the new even ones: equilibrium in about half the steps "
            "at 1.5x the cost of a step; changes the dynamics, so off by default)")
-    a("--tol", type=_tol, default=None,
+    a("--tol", type=number(float, low=0.0, low_open=True, example="1e-6"), default=None,
       help="EP: stop each phase (training and evaluation) once the largest per-layer relative "
            "state change of a step is below TOL for every sample, tested every 5 steps; --T1, "
            "--T2 and --warm-start become caps, and the metrics log gets the steps used per "
@@ -83,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
            "in their previous free phase (kept in float16, one set per training sample) and runs "
            "STEPS steps instead of --T1; the first epoch starts from zero. Evaluation still "
            "relaxes from zero for --T1 steps. Off by default: it changes the algorithm")
-    a("--betas", type=float, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
+    a("--betas", type=FINITE, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
     a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
     a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
       help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)")
@@ -92,16 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="last fc layer is a softmax readout (--no-softmax: the output layer is neurons)")
     # optimisation
     a("--optim", default="sgd", choices=OPTIMS)
-    a("--lrs", type=float, nargs="+", default=None,
+    a("--lrs", type=NON_NEGATIVE, nargs="+", default=None,
       help="learning rate per synapse layer (default 0.1 sgd / 1e-3 adam, each)")
-    a("--wds", type=float, nargs="+", default=None, help="weight decay per synapse layer")
-    a("--mmt", type=float, default=0.9, help="SGD momentum")
+    a("--wds", type=NON_NEGATIVE, nargs="+", default=None, help="weight decay per synapse layer")
+    a("--mmt", type=number(float, low=0.0, high=1.0, high_open=True), default=0.9,
+      help="SGD momentum, in [0, 1)")
     a("--lr-decay", action="store_true", help="cosine learning-rate decay over the epochs")
-    a("--epochs", type=int, default=10)
-    a("--mbs", type=int, default=32, help="minibatch size")
+    a("--epochs", type=COUNT, default=10)
+    a("--mbs", type=COUNT, default=32, help="minibatch size")
     # run
-    a("--device", default="0", help="cuda index, 'cuda', 'cuda:N' or 'cpu' (cpu if no GPU)")
-    a("--seed", type=int, default=0)
+    a("--device", default="auto", help=DEVICE_HELP)
+    a("--seed", type=SEED, default=0)
     a("--conv-algo", default="auto", choices=CONV_ALGOS,
       help="relaxation and update convolutions: auto (Winograd F(4x4) for stride-1 3x3 layers "
            "with 128+ channels and 5x5 layers with 32+, on CPU in fp32 when its C kernels "
@@ -113,13 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
       help="bf16: autocast the free phase's convolutions (states, the nudged phases and the "
            "update stay fp32: docs/performance.md); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
+    a("--debug", action="store_true",
+      help="show the traceback of an error (default: one line, exit code 2)")
     a("--results-dir", default="./results", help="where run directories go")
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")
     a("--check-thm", action="store_true", help="train: run the GDU check at each epoch end")
-    a("--gdu-batch", type=int, default=8, help="gducheck: number of samples")
+    a("--gdu-batch", type=COUNT, default=8, help="gducheck: number of samples")
     # robustness: --todo attack / corrupt on the best model of --load-path (eplcanet.robustness)
     a("--attack-norm", default="both", choices=NORM_CHOICES, help="attack: PGD norm(s)")
-    a("--epsilons", type=float, nargs="+", default=None,
+    a("--epsilons", type=NON_NEGATIVE, nargs="+", default=None,
       help="attack: radii in pixel units (pixels in [0, 1]); needs one --attack-norm (default: "
       "Linf 0 .05 .1 .15 .2 .3 and L2 0 .5 1 1.5 2 3 for grey images, CIFAR-scale for colour)")
     a("--predict-step", type=int, default=None,
@@ -188,9 +181,6 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
                 f"error: --{name} needs {n} value(s), one per synapse layer "
                 f"({'conv + fc' if args.model != 'MLP' else 'MLP layers'}), got {len(values)}"
             )
-    for name in ("T1", "T2", "epochs", "mbs"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
     if args.alg == "BPTT" and args.T2 > args.T1:
         raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "
                          f"(T1={args.T1}, T2={args.T2})")
@@ -208,8 +198,6 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --random-sign only changes one-sided EP: add --no-thirdphase")
     if args.task == "npz" and not args.data_path:
         raise SystemExit("error: --task npz needs --data-path FILE.npz (arrays x and y)")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise SystemExit(f"error: --val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.todo == "evaluate" and not args.load_path:
         raise SystemExit("error: --todo evaluate needs --load-path RUN_DIR")
     if args.todo in ROBUSTNESS_TODOS:
@@ -237,6 +225,13 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: --load-path {load_path}: cannot read {record.name} ({err})")
     return {k: v for k, v in saved.items() if k in known and k not in _PER_INVOCATION}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main_fast.py: parse, validate and run; returns the exit code (eplcanet.entry)."""
+    from .experiment import run  # the application below the flags, loaded once they are valid
+
+    return run_command(lambda: run(parse_args(argv), argv), argv)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

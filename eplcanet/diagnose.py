@@ -39,7 +39,8 @@ from .cli import parse_args
 from .data import load_task
 from .energy import conditioning as cond
 from .energy.dynamics import CONV_ALGOS
-from .experiment import build_model, phases_of, resolve_device, seed_everything
+from .entry import resolve_device
+from .experiment import build_model, phases_of, seed_everything
 from .kernels import native
 from .runs import atomic_write_text, load_state_dict
 

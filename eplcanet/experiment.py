@@ -16,23 +16,10 @@ from .data import WithIndex, load_task, make_loader
 from .energy.dynamics import Relaxation
 from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces, settling_steps
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
+from .entry import resolve_device
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
 from .train import evaluate, set_matmul_precision, train_epoch
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or a bare index N; falls back to the CPU with a message."""
-    spec = str(spec)
-    if spec == "cpu":
-        return torch.device("cpu")
-    name = f"cuda:{spec}" if spec.isdigit() else spec
-    if not name.startswith("cuda"):
-        raise SystemExit(f"error: --device must be 'cpu', 'cuda', 'cuda:N' or N, got {spec!r}")
-    if not torch.cuda.is_available():
-        print(f"note: --device {spec} asked for a GPU but CUDA is not available; using the CPU")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

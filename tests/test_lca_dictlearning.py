@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from test_lca_common import one_thread
 
+from eplcanet.entry import EXIT_USAGE, run_command
 from eplcanet.sparse import load_dictionary
 
 assert one_thread  # an autouse fixture: importing it applies it to this module
@@ -34,17 +36,22 @@ TINY += ["--eval-iters", "10", "--lca_ksize", "5"]
         (["--data-path", "x.npz"], "only with --task npz"),
         (["--lca_ksize", "8"], "odd"),
         (["--lca_stride", "11"], "lca_stride"),
-        (["--n-eval", "0"], "--n-eval must be >= 1"),
-        (["--lca_eta", "0"], "lca_eta"),
+        (["--n-eval", "0"], "--n-eval: must be an integer >= 1"),
+        (["--lca_eta", "0"], "--lca_eta: must be a finite number > 0"),
+        (["--lca_lambda", "nan"], "--lca_lambda: must be a finite number >= 0"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
+         "--device cpu"),
         (["--lambda-schedule", "cosine"], "linear:START:EPOCHS"),
         (["--lambda-schedule", "linear:0.1:0"], "EPOCHS > 0"),
         (["--device", "tpu"], "device"),
         (["--out", str(_SCRIPT)], "exists .* --overwrite"),
     ],
 )
-def test_bad_flags_are_rejected_before_any_work(flags, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
-        script.main(["--results-dir", str(tmp_path), *flags])
+def test_bad_flags_are_rejected_before_any_work(flags, match, tmp_path, capsys):
+    argv = ["--results-dir", str(tmp_path), *flags]
+    assert run_command(lambda: script.main(argv), argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and re.search(match, err), err
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
