@@ -39,7 +39,7 @@ from .cli import parse_args
 from .data import load_task
 from .energy import conditioning as cond
 from .energy.dynamics import CONV_ALGOS
-from .entry import resolve_device
+from .entry import COUNT, POSITIVE, Parser, resolve_device, run_command
 from .experiment import build_model, phases_of, seed_everything
 from .kernels import native
 from .runs import atomic_write_text, load_state_dict
@@ -47,29 +47,15 @@ from .runs import atomic_write_text, load_state_dict
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
 def own_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eplcanet.diagnose", add_help=False, allow_abbrev=False,
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=_count, default=4, help="training images measured")
+    p = Parser(prog="python -m eplcanet.diagnose", add_help=False, allow_abbrev=False,
+               description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=COUNT, default=4, help="training images measured")
     p.add_argument("--out", default="./results/diagnose", help="output directory")
-    p.add_argument("--noise", type=_positive, default=1e-12,
+    p.add_argument("--noise", type=POSITIVE, default=1e-12,
                    help="input perturbation, relative to the input's largest magnitude")
     p.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
-    p.add_argument("--settle-tol", type=_positive, default=1e-6,
+    p.add_argument("--settle-tol", type=POSITIVE, default=1e-6,
                    help="a phase has settled once every layer changes by less than this")
     return p
 
@@ -206,4 +192,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

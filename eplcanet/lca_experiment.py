@@ -25,6 +25,7 @@ import torch
 from .data import make_loader
 from .energy.dynamics import Relaxation
 from .energy.lcacnn import DICT_MODES, LCA_CNN
+from .entry import COUNT, FINITE, NON_NEGATIVE, number
 from .sparse import DictionaryFileError, load_dictionary, make_sparse_coder, save_dictionary
 from .sparse.analysis import save_feature_grid
 from .sparse.lca import SOLVERS
@@ -69,27 +70,28 @@ def add_lca_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a = g.add_argument
     d = {dest: default for dest, (_, default) in _LCA_FLAGS.items()}
-    a("--lca_feats", type=int, default=d["lca_feats"], help="number of dictionary atoms F")
-    a("--lca_lambda", type=float, default=d["lca_lambda"], help="LCA threshold lambda")
-    a("--lca_tau", type=float, default=d["lca_tau"], help="LCA time constant tau")
-    a("--lca_eta", type=float, default=d["lca_eta"],
+    a("--lca_feats", type=COUNT, default=d["lca_feats"], help="number of dictionary atoms F")
+    a("--lca_lambda", type=NON_NEGATIVE, default=d["lca_lambda"], help="LCA threshold lambda")
+    a("--lca_tau", type=number(float, low=1.0), default=d["lca_tau"],
+      help="LCA time constant tau (>= 1: the Euler step is 1/tau)")
+    a("--lca_eta", type=NON_NEGATIVE, default=d["lca_eta"],
       help="Hebbian learning rate of the dictionary (finetune, learn)")
-    a("--lca_iters", type=int, default=d["lca_iters"], help="LCA iterations per image")
-    a("--lca_stride", type=int, default=d["lca_stride"], help="stride of the atoms")
-    a("--lca_ksize", type=int, default=d["lca_ksize"], help="atom size (odd)")
+    a("--lca_iters", type=COUNT, default=d["lca_iters"], help="LCA iterations per image")
+    a("--lca_stride", type=COUNT, default=d["lca_stride"], help="stride of the atoms")
+    a("--lca_ksize", type=COUNT, default=d["lca_ksize"], help="atom size (odd)")
     a("--lca-solver", default=d["lca_solver"], choices=SOLVERS,
       help="lca: the seed's Euler dynamics; fista: the same optimum in fewer iterations")
     a("--dict_training", default=d["dict_training"], choices=DICT_MODES,
       help="pretrained: --lca-dict, fixed; finetune: --lca-dict, then Hebbian updates from the "
       "nudged copy layer; learn: random atoms, then the same updates")
-    a("--scale_feedback", type=float, default=d["scale_feedback"],
+    a("--scale_feedback", type=FINITE, default=d["scale_feedback"],
       help="weight of the top-down input of the copy layer s0 (1: gradient dynamics of Phi)")
     a("--lca-dict", default=d["lca_dict"], metavar="PATH",
       help="dictionary file (from cifar_dictlearning.py) for pretrained and finetune")
     a("--sparse-coder", default=d["sparse_coder"], choices=SPARSE_CODER_CHOICES,
       help="lca (LCAConv2D) or mp (convolutional matching pursuit, --mp-k steps)")
-    a("--mp-k", type=int, default=d["mp_k"], help="matching-pursuit steps per image")
-    a("--dict-update-every", type=int, default=d["dict_update_every"], metavar="N",
+    a("--mp-k", type=COUNT, default=d["mp_k"], help="matching-pursuit steps per image")
+    a("--dict-update-every", type=COUNT, default=d["dict_update_every"], metavar="N",
       help="a dictionary update every N minibatches (finetune, learn)")
     a("--cache-codes", action="store_true",
       help="compute the codes of every image once and reuse them (pretrained, no --data-aug)")
@@ -145,20 +147,10 @@ def validate_lca(args: argparse.Namespace) -> argparse.Namespace:
     if ignored:
         print(f"warning: --model LCACNN ignores the extra trailing entries {'; '.join(ignored)} "
               f"({n} conv layers, {n + len(args.fc)} synapse layers)")
-    for name in ("lca_feats", "lca_iters", "lca_stride", "lca_ksize", "mp_k",
-                 "dict_update_every"):
-        if getattr(args, name) < 1:
-            _fail(f"{_LCA_FLAGS[name][0]} must be >= 1, got {getattr(args, name)}")
     if args.lca_ksize % 2 == 0:
         _fail(f"--lca_ksize must be odd (centred atoms, 'same' padding), got {args.lca_ksize}")
     if args.lca_stride > args.lca_ksize:
         _fail(f"--lca_stride ({args.lca_stride}) must be <= --lca_ksize ({args.lca_ksize})")
-    if not args.lca_lambda >= 0:
-        _fail(f"--lca_lambda must be >= 0, got {args.lca_lambda}")
-    if not args.lca_tau >= 1:
-        _fail(f"--lca_tau must be >= 1 (the Euler step is 1/tau), got {args.lca_tau}")
-    if not args.lca_eta >= 0:
-        _fail(f"--lca_eta must be >= 0, got {args.lca_eta}")
     if args.dict_training != "pretrained" and args.alg != "EP":
         _fail(f"--dict_training {args.dict_training} learns the dictionary from EP's nudged "
               "phase: use --alg EP (or --dict_training pretrained)")

@@ -40,6 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from eplcanet.analysis import find_runs, run_summary
+from eplcanet.entry import Parser
 from eplcanet.runs import atomic_write_text, load_hyperparameters, read_metrics
 
 # Hyperparameters that never make two runs different configurations: the seed (the runs of a
@@ -310,7 +311,7 @@ def plot_curves(study: Study, metrics: Sequence[str], path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m eplcanet.report",
         description="Mean, std and 95%% confidence interval (Student t) over seeds, per "
         "configuration, of runs written by main_fast.py --save; learning curves with bands.",

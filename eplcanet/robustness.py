@@ -34,6 +34,7 @@ import argparse
 import csv
 import io
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .energy.dynamics import relax
 from .energy.networks import EnergyNet
+from .entry import Parser, run_command
 
 ROBUSTNESS_TODOS = ("attack", "corrupt")
 NORMS = ("Linf", "L2")
@@ -574,7 +576,7 @@ def _run_label(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m eplcanet.robustness plot OUT.png LABEL=RUN_DIR ...``: one figure of the
     attack.csv curves of several runs (e.g. EP vs BPTT vs LCA-CNN)."""
-    p = argparse.ArgumentParser(prog="python -m eplcanet.robustness")
+    p = Parser(prog="python -m eplcanet.robustness")
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plot", help="accuracy vs epsilon of several runs in one figure")
     pl.add_argument("out", help="the PNG to write")
@@ -601,4 +603,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

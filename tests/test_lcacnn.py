@@ -272,11 +272,13 @@ def test_seed_lcacnn_commands_parse_as_written(mode, seed_dictionary, capsys):
         ("--lca-dict {dict} --lca_feats 32", "shape (4, 1, 3, 3)"),
         ("--lca-dict {dict} --lca_ksize 5", "--lca_ksize 5"),
         ("--lca_ksize 4", "odd"),
-        ("--lca_stride 0", "--lca_stride must be >= 1"),
-        ("--dict_training learn --dict-update-every 0", "--dict-update-every must be >= 1"),
+        ("--lca_stride 0", "--lca_stride: must be an integer >= 1"),
+        ("--dict_training learn --dict-update-every 0", "--dict-update-every: must be an integer"),
+        ("--lca_tau 0.5", "--lca_tau: must be a finite number >= 1"),
+        ("--lca_lambda inf", "--lca_lambda: must be a finite number >= 0"),
     ],
 )
-def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path):
+def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path, capsys):
     path = tmp_path / "d.pt"
     w = torch.randn(4, 1, 3, 3)
     save_dictionary(path, w, {})
@@ -284,7 +286,7 @@ def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path):
         flags.format(dict=path, tmp=tmp_path))]
     with pytest.raises(SystemExit) as err:
         parse_args(argv)
-    assert message in str(err.value)
+    assert message in str(err.value) + capsys.readouterr().err  # a check's or argparse's
 
 
 def test_lca_flags_are_refused_for_other_models():
