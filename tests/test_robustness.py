@@ -4,6 +4,7 @@ trained network, the corruptions, the robustness flags and main_fast.py --todo a
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -272,9 +273,13 @@ def test_robustness_plots(tmp_path):
         (["--todo", "corrupt", "--load-path", "r", "--attack-samples", "0"], "--attack-samples"),
     ],
 )
-def test_robustness_flags_are_checked_before_any_work(extra, match):
-    with pytest.raises(SystemExit, match=match):
+def test_robustness_flags_are_checked_before_any_work(extra, match, capsys):
+    # a value argparse's type refuses exits 2 with the message on stderr; a combination
+    # validate refuses exits with the message itself
+    with pytest.raises(SystemExit) as err:
         parse_args(extra)
+    assert err.value.code != 0
+    assert re.search(match, f"{err.value.code} {capsys.readouterr().err}")
 
 
 def test_robustness_flag_defaults_and_choices(capsys):
