@@ -81,7 +81,8 @@ class Study:
 
     def default_metrics(self) -> list[str]:
         """DEFAULT_METRICS plus the robustness summaries present (never a test-selected one)."""
-        robust = [m for m in self.metrics if m.startswith(("pgd_", "corruption_"))]
+        robust = [m for m in self.metrics
+                  if m.startswith(("whitebox_", "blackbox_", "corruption_"))]
         return [m for m in DEFAULT_METRICS if m in self.metrics] + robust
 
 

@@ -104,7 +104,7 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
         assert (figures / f"{label}_gdu" / "gdu.json").is_file()
         assert _is_png(figures / f"{label}_gdu" / "gdu_synapses_0_weight.png")
     table = (figures / "runs.csv").read_text()
-    assert table.count("\n") == 3 and "best_val_acc" in table and "pgd_Linf_acc@0.2" in table
+    assert table.count("\n") == 3 and "best_val_acc" in table and "whitebox_Linf_acc@0.2" in table
     # Images shown inline: the notebook displays what it writes.
     assert sum(
         "image/png" in o.get("data", {})

@@ -161,6 +161,38 @@ def test_robustness_summaries_are_reported(tmp_path):
     assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
 
 
+def test_attack_summaries_are_the_strongest_attack_per_kind(tmp_path):
+    from eplcanet.analysis import strongest_attacks
+    from eplcanet.attacks import BLACK_BOX, RESULT_COLUMNS, WHITE_BOX
+
+    rng = np.random.default_rng(0)
+    rows = [{"attack": a, "norm": norm, "epsilon": eps, "accuracy": float(rng.uniform()),
+             "n": 10, "steps": 5, "restarts": 1, "predict_step": 12, "attack_step": 12,
+             "forwards_per_image": 1, "gradients_per_image": 1}
+            for norm, radii in (("Linf", (0.0, 0.1, 0.2)), ("L2", (0.5, 1.0)))
+            for eps in radii for a in ("pgd", "apgd-ce", "apgd-dlr", "square")]
+    run = make_run(tmp_path, "run_0", curve([0.8] * 3, [0.8] * 3), seed=0)
+    write_rows(rows, RESULT_COLUMNS, run / "attack.csv")
+    # the reference: pandas' minimum per (norm, epsilon) within each kind of attack
+    table = pd.DataFrame(rows)
+    for kind, names in (("white_box", WHITE_BOX), ("black_box", BLACK_BOX)):
+        best = table[table["attack"].isin(names)].groupby(["norm", "epsilon"])["accuracy"].min()
+        for p in strongest_attacks(rows):
+            assert p[f"{kind}_accuracy"] == pytest.approx(best[(p["norm"], p["epsilon"])])
+            assert table.loc[(table["norm"] == p["norm"]) & (table["epsilon"] == p["epsilon"])
+                             & (table["attack"] == p[f"{kind}_attack"]), "accuracy"].item() \
+                == pytest.approx(p[f"{kind}_accuracy"])
+    study = report.load_study([tmp_path])
+    metrics = study.default_metrics()
+    assert {"whitebox_Linf_acc@0.2", "blackbox_Linf_acc@0.2", "whitebox_L2_acc@1",
+            "blackbox_L2_acc@1"} <= set(metrics)
+    wb = table[table["attack"].isin(WHITE_BOX)]
+    top = wb[(wb["norm"] == "Linf") & (wb["epsilon"] == 0.2)]["accuracy"].min()
+    assert study.table["whitebox_Linf_acc@0.2"].iloc[0] == pytest.approx(top)
+    with pytest.raises(ValueError, match="unknown attack 'fgsm'"):
+        strongest_attacks([dict(rows[0], attack="fgsm")])
+
+
 def _refused(args: list[str], capsys, *needles: str) -> None:
     assert report.main(args) == 2
     err = capsys.readouterr().err
