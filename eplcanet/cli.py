@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -209,7 +210,18 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # What one invocation does, not what the run is: never taken from a loaded run.
-_PER_INVOCATION = {"todo", "load_path", "device", "save", "results_dir", "download"}
+_PER_INVOCATION = {"todo", "load_path", "device", "save", "results_dir", "download", "debug"}
+# What a run is (its network and its data split): every use of a loaded run takes these from its
+# hyperparameters.json, and a flag that contradicts them is an error.
+RUN_IDENTITY = {"model", "archi", "channels", "kernels", "strides", "paddings", "pools", "fc",
+                "act", "softmax", "loss", "same_update", "lca_feats", "lca_ksize", "lca_stride",
+                "sparse_coder", "dict_training", "task", "data_path", "image_size",
+                "val_fraction", "seed"}
+# What may change when training resumes (applied from the resumed epoch on: the learning rates
+# replace the optimiser's, the cosine decay stretches to the new --epochs); every other flag
+# of the run must stay as it was. Evaluation and the robustness todos may change anything
+# outside RUN_IDENTITY (they measure the trained network with other settings).
+RESUME_MAY_CHANGE = {"epochs", "lrs", "check_thm", "gdu_batch", "conv_algo", "precision"}
 
 
 def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
@@ -234,12 +246,51 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: run(parse_args(argv), argv), argv)
 
 
+def _given(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not defaulted)."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_known_args(argv)[0]))
+
+
+def check_loaded_run(parser, args: argparse.Namespace, saved: dict,
+                     argv: list[str] | None) -> None:
+    """Refuse flags that contradict the loaded run (RUN_IDENTITY; for resumed training, all but
+    RESUME_MAY_CHANGE), compared after validation fills and trims the layer lists, naming
+    every difference."""
+    free = _PER_INVOCATION | (RESUME_MAY_CHANGE if args.todo == "train" else
+                              set(saved) - RUN_IDENTITY)
+    differ = [k for k in sorted(_given(argv) & set(saved) - free) if getattr(args, k) != saved[k]]
+    if differ:
+        try:
+            normal = validate(copy.deepcopy(args))
+            differ = [k for k in differ if getattr(normal, k) != saved[k]]
+        except SystemExit:
+            pass
+    if differ:
+        flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        what = "; ".join(f"{flag[k]} {_shown(getattr(args, k))} (the run has {_shown(saved[k])})"
+                         for k in differ)
+        allowed = (f"resuming may change {', '.join(flag[k] for k in sorted(RESUME_MAY_CHANGE))}"
+                   if args.todo == "train" else "the network and data split are the run's")
+        raise SystemExit(f"error: --load-path {args.load_path} was made with other values: "
+                         f"{what}; drop these flags ({allowed}), or train a new run")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     saved = run_defaults(parser, first.load_path) if first.load_path else {}
     parser.set_defaults(**saved)
-    args = validate(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if saved:
+        check_loaded_run(parser, args, saved, argv)
+    args = validate(args)
     # The relaxation order is a flag, not part of the weights: an explicit other order measures
     # the loaded run with other dynamics, so say so (runs from before the flag relaxed in sync).
     trained = saved.get("updates", "sync")

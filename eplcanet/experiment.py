@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,14 +15,15 @@ import numpy as np
 import torch
 
 from . import distributed, plots, runs
+from .cli import RESUME_MAY_CHANGE
 from .data import WithIndex, load_task, make_loader
 from .energy.dynamics import Relaxation
 from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces, settling_steps
 from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
-from .entry import resolve_device
+from .entry import Interrupted, resolve_device
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
-from .train import evaluate, set_matmul_precision, train_epoch
+from .train import EpochProgress, StopSignals, evaluate, set_matmul_precision, train_epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -73,6 +77,30 @@ def build_optimizer(args, net: EnergyNet):
 
 def phases_of(args) -> Phases:
     return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase)
+
+
+def apply_resume_changes(args, run_dir: Path, opt, sched, argv: list[str]) -> dict | None:
+    """Resumed training with another --epochs or --lrs (cli.RESUME_MAY_CHANGE): the optimiser
+    takes the new learning rates and the cosine decay runs to the new last epoch (its closed
+    form at the resumed epoch). Returns the hyperparameters.json record with the new values, to
+    be written once a checkpoint trained with them is (a run that diverges keeps its record)."""
+    saved = runs.load_hyperparameters(run_dir)
+    changed = {k: getattr(args, k) for k in RESUME_MAY_CHANGE
+               if k in saved and saved[k] != getattr(args, k)}
+    if not changed:
+        return None
+    if sched is not None:
+        sched.T_max = args.epochs
+        sched.base_lrs = list(args.lrs)
+    for i, (group, lr) in enumerate(zip(opt.param_groups, args.lrs)):
+        group["initial_lr"] = lr
+        group["lr"] = lr if sched is None else sched.eta_min + (lr - sched.eta_min) * (
+            1 + math.cos(math.pi * sched.last_epoch / sched.T_max)) / 2
+    print("resuming with " + ", ".join(f"--{k.replace('_', '-')} {saved[k]} -> {v}"
+                                       for k, v in changed.items()))
+    command = saved.pop("command")
+    saved["resumed_with"] = [*saved.get("resumed_with", []), shlex.join(argv)]
+    return {"hparams": {**saved, **changed}, "argv": shlex.split(command)}
 
 
 def _run_dir(args) -> Path | None:
@@ -141,7 +169,7 @@ def _load_trained(net: EnergyNet, run_dir: Path | None, device) -> None:
 
 def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
     phases = phases_of(args)
-    start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
+    start_epoch, best, partial, record = 0, {"val_acc": -1.0, "epoch": 0}, None, None
     log = None
     writes = run_dir is not None and dist.is_main  # only rank 0 writes files
     if run_dir is not None:
@@ -149,7 +177,10 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
             state = runs.load_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
                                          scheduler=sched)
             start_epoch, best = state["epoch"], state["best"]
-            print(f"resuming {run_dir} after epoch {start_epoch}")
+            partial = state["extra"].get("partial")
+            record = apply_resume_changes(args, run_dir, opt, sched, argv)
+            print(f"resuming {run_dir} after epoch {start_epoch}"
+                  + (f", minibatch {partial['batches']}" if partial else ""))
         elif writes:
             hparams = vars(args) if not dist.enabled else {**vars(args),
                                                            "world_size": dist.world_size}
@@ -165,50 +196,89 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
         train_data, bank = WithIndex(splits.train), StateBank(net, len(splits.train), device)
         print(f"warm start: {args.warm_start} free steps from each sample's last equilibrium "
               f"(state bank {bank.nbytes / 2**20:.0f} MiB on {device})")
+        if start_epoch > 0 or partial:  # the bank (a state set per sample) is too big to save
+            print("warning: the warm-start state bank is not in the checkpoint: each sample's "
+                  "first minibatch after this resume relaxes from zero states for the full "
+                  "--T1, so the run differs from an uninterrupted one")
     metrics: dict = {}
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        loader = dist.train_loader(train_data, args.mbs, seed=args.seed, epoch=epoch)
-        stats, states = train_epoch(net, opt, loader, args.alg, phases, device,
-                                    desc=f"epoch {epoch}/{args.epochs}", dist=dist,
-                                    precision=args.precision, bank=bank,
-                                    warm_T1=args.warm_start)
-        if sched is not None:
-            sched.step()
-        dist.check_in_sync(net, f"after epoch {epoch}")
-        net.eval()
-        val_acc = (evaluate(net, val_loader, args.T1, device, "val", dist=dist,
-                            precision=args.precision)
-                   if len(splits.val) else 0.0)
-        test_acc = evaluate(net, test_loader, args.T1, device, "test", dist=dist,
-                            precision=args.precision)
-        metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
-                       seconds=time.perf_counter() - t0)
-        print(f"epoch {epoch}: loss {stats['train_loss']:.4f} train {100 * stats['train_acc']:.2f}%"
-              f" val {100 * val_acc:.2f}% test {100 * test_acc:.2f}% ({metrics['seconds']:.1f}s)"
-              + (f" steps free {stats['free_steps_mean']:.1f} (max {stats['free_steps_max']}),"
-                 f" nudged {stats['nudged_steps_mean']:.1f} (max {stats['nudged_steps_max']})"
-                 if "free_steps_mean" in stats else ""))
-        improved = val_acc > best["val_acc"]
-        if improved:
-            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
-        if writes:
-            log.append(**metrics)
+    with StopSignals() as signals:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            t0 = time.perf_counter()
+            net.train()
+            loader = dist.train_loader(train_data, args.mbs, seed=args.seed, epoch=epoch)
+            resumed = EpochProgress(**partial) if partial and epoch == start_epoch + 1 else None
+            stats, states, stopped = train_epoch(
+                net, opt, loader, args.alg, phases, device, desc=f"epoch {epoch}/{args.epochs}",
+                dist=dist, precision=args.precision, bank=bank, warm_T1=args.warm_start,
+                progress=resumed, stop=signals.requested, epoch=epoch)
+            if stopped is not None:
+                if writes:  # the epochs done, and this one's minibatches so far
+                    runs.save_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
+                                         scheduler=sched, epoch=epoch - 1, best=best,
+                                         extra={"partial": stopped.as_dict()})
+                    record = _write_record(run_dir, record)
+                raise _interrupted(args, run_dir if writes else None, signals.signum,
+                                   f"epoch {epoch}, minibatch {stopped.batches}")
+            if sched is not None:
+                sched.step()
+            dist.check_in_sync(net, f"after epoch {epoch}")
+            net.eval()
+            val_acc = (evaluate(net, val_loader, args.T1, device, "val", dist=dist,
+                                precision=args.precision)
+                       if len(splits.val) else 0.0)
+            test_acc = evaluate(net, test_loader, args.T1, device, "test", dist=dist,
+                                precision=args.precision)
+            metrics = dict(epoch=epoch, **stats, val_acc=val_acc, test_acc=test_acc,
+                           seconds=time.perf_counter() - t0)
+            _print_epoch(metrics)
+            improved = val_acc > best["val_acc"]
             if improved:
-                runs.save_state_dict(run_dir / "best.pt", net)
-            runs.save_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
-                                 scheduler=sched, epoch=epoch, best=best)
-            plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
-            plots.plot_neural_activity(states, run_dir / "neural_activity.png")
-            save_dictionary_artifacts(net, run_dir, epoch)  # LCACNN only
-            if args.check_thm:  # drawing nothing from the RNG the processes share
-                with dist.main_only_rng():
-                    _gducheck(args, net, splits, device, run_dir)
+                best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
+            if writes:
+                log.append(**metrics)
+                if improved:
+                    runs.save_state_dict(run_dir / "best.pt", net)
+                runs.save_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
+                                     scheduler=sched, epoch=epoch, best=best)
+                record = _write_record(run_dir, record)
+                plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
+                plots.plot_neural_activity(states, run_dir / "neural_activity.png")
+                save_dictionary_artifacts(net, run_dir, epoch)  # LCACNN only
+                if args.check_thm:  # drawing nothing from the RNG the processes share
+                    with dist.main_only_rng():
+                        _gducheck(args, net, splits, device, run_dir)
+            if signals.requested() and epoch < args.epochs:  # came during the evaluation
+                raise _interrupted(args, run_dir if writes else None, signals.signum,
+                                   f"the end of epoch {epoch}")
     if metrics:
         print(f"best validation accuracy {100 * best['val_acc']:.2f}% at epoch {best['epoch']} "
               f"(test accuracy there: {100 * best.get('test_acc', 0):.2f}%)")
     return {**metrics, "best": best}
+
+
+def _write_record(run_dir: Path, record: dict | None) -> None:
+    """Write a resume's hyperparameters.json record (apply_resume_changes); returns None, what
+    is left to write."""
+    if record is not None:
+        runs.save_hyperparameters(run_dir, record["hparams"], record["argv"])
+
+
+def _print_epoch(m: dict) -> None:
+    print(f"epoch {m['epoch']}: loss {m['train_loss']:.4f} train {100 * m['train_acc']:.2f}%"
+          f" val {100 * m['val_acc']:.2f}% test {100 * m['test_acc']:.2f}% ({m['seconds']:.1f}s)"
+          + (f" steps free {m['free_steps_mean']:.1f} (max {m['free_steps_max']}),"
+             f" nudged {m['nudged_steps_mean']:.1f} (max {m['nudged_steps_max']})"
+             if "free_steps_mean" in m else ""))
+
+
+def _interrupted(args, run_dir: Path | None, signum: int, where: str) -> Interrupted:
+    """The one-line message of a run stopped by a signal: where, and how to go on."""
+    name = signal.Signals(signum).name
+    if run_dir is None:
+        return Interrupted(f"{name}: stopped at {where}; nothing was saved (no --save)", signum)
+    device = f" --device {args.device}" if args.device != "auto" else ""
+    return Interrupted(f"{name}: stopped at {where}, checkpoint saved; resume with: "
+                       f"python main_fast.py --load-path {run_dir}{device}", signum)
 
 
 def _gducheck(args, net, splits, device, run_dir) -> dict:

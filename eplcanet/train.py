@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING
+import itertools
+import math
+import signal
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +15,8 @@ from tqdm.auto import tqdm
 from .energy.dynamics import settle
 from .energy.learning import Phases, StateBank, estimate_grads
 from .energy.networks import EnergyNet
+from .entry import Diverged
+from .runs import get_rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from .distributed import DistContext
@@ -60,6 +65,106 @@ def evaluate(net: EnergyNet, loader, T1: int, device, desc: str = "eval",
     return float(correct) / max(total, 1)
 
 
+# A cross-entropy this many times that of a uniform guess (ln C) is no longer training: the
+# logits have blown up (the MSE losses are bounded by the saturating outputs and cannot).
+EXPLODED_LOSS_FACTOR = 100.0
+
+
+class DivergenceWatch:
+    """Notes the first minibatch of an epoch whose loss, gradients or states are not finite, or
+    whose cross-entropy exploded, without a host synchronisation per minibatch; `check` (every
+    20 minibatches and at the end) raises Diverged naming the epoch and minibatch, before
+    anything of that epoch is saved."""
+
+    _WHAT = ("", "a non-finite loss or state", "a non-finite gradient",
+             "an exploded loss (over {:g} times ln(classes))".format(EXPLODED_LOSS_FACTOR))
+
+    def __init__(self, net: EnergyNet, device) -> None:
+        self.net = net
+        self.limit = EXPLODED_LOSS_FACTOR * math.log(net.n_classes) if net.loss == "cel" else None
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.kind = torch.zeros((), dtype=torch.long, device=device)
+
+    def watch(self, batch: int, losses: torch.Tensor, states: list[torch.Tensor]) -> None:
+        """After the gradients are written, before the optimiser steps on them."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        finite_states = torch.stack([s.isfinite().all() for s in states]).all()
+        kind = torch.where(~(losses.isfinite().all() & finite_states), 1, 0)
+        if grads:
+            kind = torch.where((kind == 0) & ~torch.nn.utils.get_total_norm(grads).isfinite(),
+                               2, kind)
+        if self.limit is not None:
+            kind = torch.where((kind == 0) & (losses.mean() > self.limit), 3, kind)
+        new = (self.first < 0) & (kind > 0)
+        self.first = torch.where(new, batch, self.first)
+        self.kind = torch.where(new, kind, self.kind)
+
+    def check(self, epoch: int) -> None:
+        first = int(self.first)
+        if first >= 0:
+            raise Diverged(
+                f"error: training diverged at epoch {epoch}, minibatch {first + 1}: "
+                f"{self._WHAT[int(self.kind)]}; nothing of this epoch was saved (checkpoint.pt "
+                f"and best.pt, if any, are those of the epochs before); lower --lrs or --betas")
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """The minibatches of an epoch done so far and the sums its metrics are made of: what a
+    mid-epoch checkpoint holds so that the resumed epoch ends exactly as the whole one would."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    total: int = 0
+    steps: list = dataclasses.field(default_factory=list)  # (free, nudged) per minibatch
+    rng: dict | None = None  # the global RNG states after `batches` minibatches
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM (Slurm's preemption and time-limit signal) ask the training loop to
+    stop after the current minibatch; a second SIGINT (Ctrl-C again) stops at once. A repeated
+    SIGTERM changes nothing: under Slurm and torchrun one preemption reaches a worker more than
+    once (Slurm signals every process of the job, torchrun forwards its own), and each copy must
+    not cost the checkpoint. Only the main thread can install handlers; elsewhere this does
+    nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this minibatch and saving "
+              f"(Ctrl-C again stops at once, without saving)", flush=True)
+
+    def __enter__(self) -> StopSignals:
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            # once a SIGTERM stop is under way the process is ending: a late copy of the signal
+            # must not kill it while the checkpoint is reported and the exit code set
+            stopping = s == signal.SIGTERM and self.signum == signal.SIGTERM
+            signal.signal(s, signal.SIG_IGN if stopping else handler)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
 def train_epoch(
     net: EnergyNet,
     optimizer: torch.optim.Optimizer,
@@ -72,7 +177,10 @@ def train_epoch(
     precision: str = "fp32",
     bank: StateBank | None = None,
     warm_T1: int | None = None,
-) -> tuple[dict, list[torch.Tensor]]:
+    progress: EpochProgress | None = None,
+    stop: Callable[[], bool] | None = None,
+    epoch: int = 0,
+) -> tuple[dict, list[torch.Tensor], EpochProgress | None]:
     """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
 
     Returns ({"train_loss", "train_acc"} measured on the free equilibria, and with the network's
@@ -82,16 +190,30 @@ def train_epoch(
     With ``bank`` (--warm-start; the loader then yields (x, y, index)): a minibatch whose samples
     all have stored free equilibria starts its free phase there and runs warm_T1 steps instead
     of T1; the new equilibria are stored.
+    With ``progress`` (a mid-epoch checkpoint's): its minibatches are skipped (the loader's order
+    is a function of the seed and epoch), its sums carried on and its RNG states restored.
+    ``stop()`` is asked after every minibatch (with ``dist``: agreed by all processes); when it
+    says yes the epoch ends there and the third value returned is the progress to save (None
+    for an epoch that ran to its end). A non-finite loss, gradient or state raises
+    ``entry.Diverged`` naming ``epoch`` and the minibatch.
     """
     warm = dataclasses.replace(phases, T1=warm_T1) if bank is not None else phases
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = 0
+    done = progress if progress is not None else EpochProgress()
+    loss_sum = torch.tensor(done.loss_sum, dtype=torch.float64, device=device)
+    correct = torch.tensor(done.correct, dtype=torch.long, device=device)
+    total = done.total
     states: list[torch.Tensor] = []
-    steps: list[tuple[int, int]] = []  # (free, nudged) per minibatch: host ints, no sync
+    steps: list[tuple[int, int]] = [tuple(s) for s in done.steps]  # host ints, no sync
+    guard = DivergenceWatch(net, device)
     bar = tqdm(loader, desc=desc, leave=False,
                disable=True if dist is not None and not dist.is_main else None)
-    for it, (x, y, *index) in enumerate(bar):
+    batches = iter(bar)
+    if done.batches:  # skip what the checkpoint did; the RNG as it was after those minibatches
+        next(itertools.islice(batches, done.batches - 1, done.batches), None)
+    if done.rng is not None:
+        set_rng_state(done.rng)
+    stopped = None
+    for it, (x, y, *index) in enumerate(batches, start=done.batches):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         init = None
@@ -105,13 +227,23 @@ def train_epoch(
             bank.store(index[0], states)
         if dist is not None:
             dist.average_grads(net, y.shape[0])
+        with torch.no_grad():
+            losses = net.loss_per_sample(states, y)
+            guard.watch(it, losses, states)
         optimizer.step()
         with torch.no_grad():
-            loss_sum += net.loss_per_sample(states, y).sum()
+            loss_sum += losses.sum()
             correct += (net.predict(states) == y).sum()
         total += y.shape[0]
         if it % 20 == 0:  # a host sync only every 20 minibatches, for the progress bar
+            guard.check(epoch)
             bar.set_postfix(acc=f"{correct.item() / total:.3f}")
+        if stop is not None and _agreed(stop(), dist):
+            guard.check(epoch)
+            stopped = EpochProgress(it + 1, float(loss_sum), int(correct), total,
+                                    [list(s) for s in steps], get_rng_state())
+            break
+    guard.check(epoch)
     if dist is not None:
         loss_sum, correct, total = dist.all_sum(loss_sum, correct, total)
     n = max(total, 1)
@@ -120,4 +252,12 @@ def train_epoch(
         free, nudged = zip(*steps)
         stats.update(free_steps_mean=sum(free) / len(free), free_steps_max=max(free),
                      nudged_steps_mean=sum(nudged) / len(nudged), nudged_steps_max=max(nudged))
-    return stats, states
+    return stats, states, stopped
+
+
+def _agreed(flag: bool, dist: DistContext | None) -> bool:
+    """Whether any process was asked to stop (each process gets its own signal, maybe one
+    minibatch apart: they must stop after the same one)."""
+    if dist is None or not dist.enabled:
+        return flag
+    return dist.all_sum(int(flag))[0] > 0

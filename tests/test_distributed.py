@@ -268,29 +268,38 @@ with open(os.environ["LOG"], "a") as log:
 '''
 
 
-@pytest.mark.parametrize("script, nodes", [("one_node.sbatch", 1), ("multi_node.sbatch", 2)])
-def test_slurm_scripts_start_one_torchrun_per_node_with_valid_flags(script, nodes, tmp_path):
-    """The sbatch scripts run with stand-ins for srun, scontrol, nvidia-smi and torchrun (which
-    records its arguments); main_fast.py's flags must pass validation."""
+def _fake_slurm(tmp_path: Path, torchrun: str, nodes: int, job: str = "4242") -> dict:
+    """The environment of a Slurm job with stand-ins for srun, scontrol (which records a requeue
+    and prints node names), nvidia-smi and torchrun (the Python script given)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (tmp_path / "torchrun.py").write_text(_FAKE_TORCHRUN)
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "torchrun.py").write_text(torchrun)
     fakes = {
         "torchrun": f'exec "{sys.executable}" "{tmp_path / "torchrun.py"}" "$@"',
         # srun: one copy of the command per node, options dropped
         "srun": 'while [ "${1#--}" != "$1" ]; do shift; done\n'
                 'for i in $(seq "$SLURM_NNODES"); do "$@" || exit 1; done',
-        "scontrol": 'printf "gpu-node-7\\ngpu-node-8\\n"',
+        "scontrol": f'if [ "$1" = requeue ]; then echo "$@" >> "{tmp_path / "requeued"}"; '
+                    f'else printf "gpu-node-7\\ngpu-node-8\\n"; fi',
         "nvidia-smi": 'printf "GPU 0\\nGPU 1\\nGPU 2\\nGPU 3\\n"',
     }
     for name, body in fakes.items():
         (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    log = tmp_path / "calls.log"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REPO": str(ROOT),
-           "LOG": str(log), "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_NNODES": str(nodes),
-           "SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "16"}
+           "LOG": str(tmp_path / "calls.log"), "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_NNODES": str(nodes), "SLURM_JOB_ID": job, "SLURM_CPUS_PER_TASK": "16",
+           "RESULTS_DIR": str(tmp_path / "results")}
     env.pop("SLURM_GPUS_ON_NODE", None)
+    return env
+
+
+@pytest.mark.parametrize("script, nodes", [("one_node.sbatch", 1), ("multi_node.sbatch", 2)])
+def test_slurm_scripts_start_one_torchrun_per_node_with_valid_flags(script, nodes, tmp_path):
+    """The sbatch scripts run with stand-ins for srun, scontrol, nvidia-smi and torchrun (which
+    records its arguments); main_fast.py's flags must pass validation."""
+    env = _fake_slurm(tmp_path, _FAKE_TORCHRUN, nodes)
+    log = tmp_path / "calls.log"
     done = subprocess.run(["bash", str(ROOT / "run" / "slurm" / script)], env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -307,3 +316,50 @@ def test_slurm_scripts_start_one_torchrun_per_node_with_valid_flags(script, node
                 f"--nnodes={nodes}"} <= set(launcher)
     else:
         assert "--standalone" in launcher
+
+
+# torchrun's stand-in for a real run on the CPU: it becomes the training process itself, so the
+# script's SIGTERM reaches main_fast.py as torchrun would pass it on
+_TORCHRUN_ON_CPU = r'''
+import os, sys
+main = sys.argv[sys.argv.index("main_fast.py") + 1:]
+main[main.index("--device") + 1] = "cpu"
+os.execv(sys.executable, [sys.executable, os.path.join(os.environ["REPO"], "main_fast.py"), *main])
+'''
+
+
+def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(tmp_path):
+    """SIGTERM to the batch shell (what --signal=B:TERM sends before the time limit) reaches the
+    training process, which checkpoints mid-epoch; the script requeues the job, and its second
+    start resumes the same run, which ends with the metrics of an uninterrupted run."""
+    import signal
+    import time
+
+    flags = ("--channels 4 8 --T1 100 --T2 4 --mbs 16 --epochs 2 --random-sign "
+             "--no-thirdphase").split()
+    env = {**_fake_slurm(tmp_path, _TORCHRUN_ON_CPU, 1, job="77"), "OMP_NUM_THREADS": "1"}
+    script = ["bash", str(ROOT / "run" / "slurm" / "one_node.sbatch"), *flags]
+    whole = subprocess.Popen([sys.executable, str(ROOT / "main_fast.py"), *flags, "--save",
+                              "--results-dir", str(tmp_path / "whole"), "--device", "cpu"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    job = subprocess.Popen(script, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    runs = tmp_path / "results" / "slurm-77"
+    while not list(runs.glob("*/*/*/*/run_1/neural_activity.png")):  # epoch 1 is saved
+        assert job.poll() is None, job.communicate()
+        time.sleep(0.02)
+    time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 128 + signal.SIGTERM, out + err
+    assert "requeueing job 77" in out and (tmp_path / "requeued").read_text() == "requeue 77\n"
+    run_dir = next(runs.glob("*/*/*/*/run_1"))
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["extra"]["partial"]["batches"] >= 1  # inside epoch 2
+    again = subprocess.run(script, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True,
+                           text=True, timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming {run_dir} (start 2 of job 77)" in again.stdout
+    assert [p.name for p in run_dir.parent.iterdir()] == ["run_1"]  # no second run
+    assert whole.wait(timeout=120) == 0, whole.stderr.read()
+    assert _metrics(run_dir) == _metrics(next((tmp_path / "whole").glob("*/*/*/*/run_1")))

@@ -119,15 +119,16 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, mon
 
 @pytest.mark.slow
 def test_evaluate_and_gducheck_on_a_saved_run(tmp_path, capsys):
-    argv = TINY + ["--save", "--results-dir", str(tmp_path), "--epochs", "1"]
+    argv = TINY + ["--act", "mysig", "--save", "--results-dir", str(tmp_path), "--epochs", "1"]
     trained = run(parse_args(argv), argv)
     run_dir = next(tmp_path.glob("digits/EP/CNN/*/run_1"))
     # no architecture flag: the run's own (hyperparameters.json) rebuild its network and split
     ev = ["--todo", "evaluate", "--load-path", str(run_dir), "--device", "cpu"]
     assert parse_args(ev).channels == [4, 8] and parse_args(ev).T1 == 6
     assert run(parse_args(ev), ev)["test_acc"] == pytest.approx(trained["best"]["test_acc"])
-    gdu = ["--todo", "gducheck", "--load-path", str(run_dir), "--act", "mysig",
-           "--T1", "60", "--T2", "6", "--betas", "0", "0.01"] + TINY[:3] + ["--device", "cpu"]
+    # the check's own phase lengths and betas; the architecture flags repeat the run's own
+    gdu = ["--todo", "gducheck", "--load-path", str(run_dir), "--T1", "60", "--T2", "6",
+           "--betas", "0", "0.01"] + TINY[:3] + ["--device", "cpu"]
     result = run(parse_args(gdu), gdu)
     stored = json.loads((run_dir / "gdu.json").read_text())
     assert stored == json.loads(json.dumps(result))
