@@ -17,7 +17,8 @@ from .train import PRECISIONS
 from .lca_experiment import add_lca_arguments, check_lca_dictionary, validate_lca
 from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES, check_args
 
-MODELS = ("MLP", "CNN", "VFCNN", "LCACNN")
+MODELS = ("MLP", "CNN", "VFCNN", "LCACNN", "FFCNN", "VFMLP")
+MLP_MODELS = ("MLP", "VFMLP")  # fully connected: --archi instead of the conv layer flags
 TODOS = ("train", "evaluate", "gducheck", *ROBUSTNESS_TODOS)
 OPTIMS = ("sgd", "adam")
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     # model
     a("--model", default="CNN", choices=MODELS, help="network family")
     a("--archi", type=COUNT, nargs="+", default=None,
-      help="MLP layer sizes: input, hidden..., classes (e.g. 64 256 10)")
+      help="MLP / VFMLP layer sizes: input, hidden..., classes (e.g. 64 256 10)")
     a("--channels", type=COUNT, nargs="+", default=[32, 64], help="conv feature maps per layer")
     a("--kernels", type=COUNT, nargs="+", default=None, help="conv kernel sizes (default 3 each)")
     a("--strides", type=COUNT, nargs="+", default=None, help="conv strides (default 1 each)")
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fc", type=COUNT, nargs="+", default=[10], help="fully connected layers; last = classes")
     a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="neuron activation")
     a("--scale", type=POSITIVE, default=None, help="multiplies the weight initialisation")
-    a("--same-update", action="store_true", help="VFCNN: feedback weights get W's update")
+    a("--same-update", action="store_true",
+      help="VFCNN / VFMLP: feedback weights get W's update (for VFMLP the update they get anyway)")
     # data
     a("--task", default="digits", choices=TASKS, help="dataset")
     a("--data-dir", default="./data", help="torchvision dataset root")
@@ -147,7 +149,7 @@ def _expand(name: str, values, n: int, default):
 
 def n_synapses(args) -> int:
     """Number of synapse layers (each gets one --lrs / --wds entry)."""
-    if args.model == "MLP":
+    if args.model in MLP_MODELS:
         return len(args.archi) - 1 if args.archi else len(args.fc)
     return len(args.channels) + len(args.fc)
 
@@ -158,7 +160,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     Raises SystemExit with a message saying what to give, before any data is loaded.
     """
     validate_lca(args)  # LCACNN: the seed's layer lists, the dictionary flags
-    if args.model != "MLP":
+    if args.model not in MLP_MODELS:
         n = len(args.channels)
         args.kernels = _expand("kernels", args.kernels, n, 3)
         args.strides = _expand("strides", args.strides, n, 1)
@@ -180,11 +182,12 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         elif len(values) != n:
             raise SystemExit(
                 f"error: --{name} needs {n} value(s), one per synapse layer "
-                f"({'conv + fc' if args.model != 'MLP' else 'MLP layers'}), got {len(values)}"
+                f"({'conv + fc' if args.model not in MLP_MODELS else 'MLP layers'}), got {len(values)}"
             )
     if args.alg == "BPTT" and args.T2 > args.T1:
         raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "
                          f"(T1={args.T1}, T2={args.T2})")
+    check_feedforward(args)
     if args.betas[0] == args.betas[1]:
         raise SystemExit(f"error: --betas must differ, got {args.betas}")
     if args.warm_start is not None:
@@ -203,10 +206,32 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --todo evaluate needs --load-path RUN_DIR")
     if args.todo in ROBUSTNESS_TODOS:
         check_args(args)  # --load-path, norms, radii, steps, corruptions
-    if args.same_update and args.model != "VFCNN":
-        raise SystemExit("error: --same-update only applies to --model VFCNN")
+    if args.same_update and args.model not in ("VFCNN", "VFMLP"):
+        raise SystemExit("error: --same-update only applies to --model VFCNN or VFMLP")
     check_lca_dictionary(args)  # last: LCACNN's --lca-dict file fits the flags
     return args
+
+
+def check_feedforward(args: argparse.Namespace) -> None:
+    """--model FFCNN (the feed-forward baseline) trains with --alg BP only, and BP applies to it
+    only; its relaxation computes the feed-forward pass once it runs one step per layer
+    (eplcanet/energy/feedforward.py), so --T1 (the prediction's steps) must reach that."""
+    if (args.model == "FFCNN") != (args.alg == "BP"):
+        raise SystemExit(f"error: --alg BP trains the feed-forward --model FFCNN and FFCNN "
+                         f"trains with BP only (got --model {args.model} --alg {args.alg})")
+    if args.model != "FFCNN":
+        return
+    if args.todo == "gducheck" or args.check_thm:
+        raise SystemExit("error: the GDU check compares EP with BPTT on an energy-based model; "
+                         "--model FFCNN has no energy (use --model CNN)")
+    layers = len(args.channels) + len(args.fc) - int(args.softmax)
+    # (--predict-step and --attack-step default to --T1; a shorter attack gradient would be
+    # truncated, which the feed-forward network never needs)
+    for flag in ("--T1", "--predict-step", "--attack-step"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value < layers:
+            raise SystemExit(f"error: --model FFCNN computes its {layers} layers in {layers} "
+                             f"relaxation steps: need {flag} >= {layers}, got {value}")
 
 
 # What one invocation does, not what the run is: never taken from a loaded run.

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from . import distributed, plots, runs
-from .cli import RESUME_MAY_CHANGE
+from .cli import MLP_MODELS, RESUME_MAY_CHANGE
 from .data import WithIndex, load_task, make_loader
 from .energy.dynamics import Relaxation
+from .energy.feedforward import FF_CNN
 from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces, settling_steps
-from .energy.networks import P_CNN, P_MLP, VF_CNN, EnergyNet
+from .energy.networks import P_CNN, P_MLP, VF_CNN, VF_MLP, EnergyNet
 from .entry import Interrupted, resolve_device
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
@@ -38,17 +39,19 @@ def build_model(args, in_shape: tuple[int, ...], n_classes: int,
     """The network named by --model for inputs of shape in_shape (C, H, W), relaxing with the
     --updates order and --conv-algo; dictionary_sync: a multi-process run's context, which an
     LCACNN's dictionary steps share (None: one process)."""
-    if args.fc[-1] != n_classes and args.model != "MLP":
+    if args.fc[-1] != n_classes and args.model not in MLP_MODELS:
         raise SystemExit(f"error: the last --fc size ({args.fc[-1]}) must equal the number of "
                          f"classes of --task {args.task} ({n_classes})")
     common = dict(act=args.act, softmax=args.softmax, loss=args.loss, scale=args.scale,
                   relaxation=Relaxation(args.updates, args.conv_algo, args.tol))
-    if args.model == "MLP":
+    if args.model in MLP_MODELS:
         d = int(np.prod(in_shape))
         archi = args.archi if args.archi else [d, *args.fc]
         if archi[0] != d or archi[-1] != n_classes:
             raise SystemExit(f"error: --archi must start with the input size {d} and end with "
                              f"the number of classes {n_classes}, got {archi}")
+        if args.model == "VFMLP":
+            return VF_MLP(archi, same_update=args.same_update, **common)
         return P_MLP(archi, **common)
     conv = (in_shape, args.channels, args.kernels, args.strides, args.paddings, args.pools,
             args.fc)
@@ -56,6 +59,8 @@ def build_model(args, in_shape: tuple[int, ...], n_classes: int,
         return build_lca_cnn(args, in_shape, dictionary_sync)
     if args.model == "VFCNN":
         return VF_CNN(*conv, same_update=args.same_update, **common)
+    if args.model == "FFCNN":
+        return FF_CNN(*conv, **common)
     return P_CNN(*conv, **common)
 
 

@@ -16,7 +16,7 @@ import torch
 from .dynamics import relax, settle
 from .networks import EnergyNet, VF_CNN
 
-ALGORITHMS = ("EP", "BPTT")
+ALGORITHMS = ("EP", "BPTT", "BP")
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,10 @@ def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=Non
         raise ValueError(f"initial states (--warm-start) apply to EP, not {alg}")
     if alg == "BPTT":
         return bptt_grads(net, x, y, phases)
+    if alg == "BP":  # the feed-forward baseline (it imports this module: imported here)
+        from .feedforward import bp_grads
+
+        return bp_grads(net, x, y)
     raise ValueError(f"unknown algorithm {alg!r}; accepted: {', '.join(ALGORITHMS)}")
 
 
