@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="neuron activation")
     a("--scale", type=POSITIVE, default=None, help="multiplies the weight initialisation")
     a("--same-update", action="store_true",
-      help="VFCNN / VFMLP: feedback weights get W's update (for VFMLP the update they get anyway)")
+      help="VFCNN / VFMLP: feedback weights get W's update (VFMLP: the one they get anyway)")
     # data
     a("--task", default="digits", choices=TASKS, help="dataset")
     a("--data-dir", default="./data", help="torchvision dataset root")
@@ -182,7 +182,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         elif len(values) != n:
             raise SystemExit(
                 f"error: --{name} needs {n} value(s), one per synapse layer "
-                f"({'conv + fc' if args.model not in MLP_MODELS else 'MLP layers'}), got {len(values)}"
+                f"({'conv + fc' if args.model not in MLP_MODELS else 'MLP layers'}), "
+                f"got {len(values)}"
             )
     if args.alg == "BPTT" and args.T2 > args.T1:
         raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "

@@ -445,16 +445,20 @@ class EnergyNet(nn.Module):
         update). Does nothing for the plain networks."""
 
 
+def _mlp_layers(archi: list[int]) -> tuple:
+    """EnergyNet's positional layer arguments for an MLP of sizes `archi` (no conv layers)."""
+    if len(archi) < 2:
+        raise ValueError(f"archi needs an input size and at least one layer, got {archi}")
+    return (archi[0],), [], [], [], [], "", list(archi[1:])
+
+
 class P_MLP(EnergyNet):
     """Fully connected EP network; `archi` = [input size, hidden sizes..., n_classes]."""
 
     def __init__(self, archi: list[int], act: str = "mysig", softmax: bool = False,
                  loss: str = "mse", scale: float | None = None,
                  relaxation: Relaxation | None = None) -> None:
-        if len(archi) < 2:
-            raise ValueError(f"archi needs an input size and at least one layer, got {archi}")
-        super().__init__((archi[0],), [], [], [], [], "", list(archi[1:]), act, softmax, loss, scale,
-                         relaxation)
+        super().__init__(*_mlp_layers(archi), act, softmax, loss, scale, relaxation)
 
 
 class P_CNN(EnergyNet):
@@ -539,3 +543,26 @@ class VF_CNN(EnergyNet):
             cos = (w @ b) / (w.norm() * b.norm()).clamp_min(1e-30)
             out[i] = math.degrees(math.acos(float(cos.clamp(-1, 1))))
         return out
+
+
+class VF_MLP(VF_CNN):
+    """Fully connected vector-field network: P_MLP's layers with separate feedback weights.
+
+    `archi` = [input size, hidden sizes..., n_classes]. Layer i relaxes as
+
+        s_i <- sigma(W_i s_{i-1} + b_i + B_{i+1}^T s_{i+1})   (- beta dL/ds_i at the output),
+
+    where B_{i+1} (no bias) has W_{i+1}'s shape and is its own parameter, so the dynamics are a
+    vector field with no energy unless B = W (then they are P_MLP's). It is VF_CNN without conv
+    layers: the same feedback synapses, the same EP update (W_i and B_i both get the batch mean of
+    -(s_i s_{i-1}^T at beta2 - at beta1) / (beta2 - beta1), b_i its state difference) and the
+    same `same_update` switch; for linear synapses both terms have the same gradient, so
+    `same_update` gives B the update it would get anyway (it matters for VF_CNN's max pools,
+    where B's pooling indices differ from W's).
+    """
+
+    def __init__(self, archi: list[int], act: str = "mysig", softmax: bool = False,
+                 loss: str = "mse", scale: float | None = None,
+                 relaxation: Relaxation | None = None, same_update: bool = False) -> None:
+        super().__init__(*_mlp_layers(archi), act=act, softmax=softmax, loss=loss, scale=scale,
+                         relaxation=relaxation, same_update=same_update)
