@@ -10,7 +10,7 @@ from pathlib import Path
 from .data import TASKS
 from .entry import (COUNT, DEVICE_HELP, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Parser, number,
                     run_command)
-from .energy.activations import ACTIVATIONS
+from .energy.activations import ACTIVATIONS, ANALYTIC
 from .energy.learning import ALGORITHMS
 from .energy.networks import CONV_ALGOS, LOSSES, POOLS, UPDATE_ORDERS
 from .train import PRECISIONS
@@ -79,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--betas", type=FINITE, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
     a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
     a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
-      help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)")
+      help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)"
+           "; ignored by --alg hEP")
+    a("--hep-points", type=number(int, low=2), default=4, metavar="N",
+      help="--alg hEP (holomorphic EP): nudged phases at the N complex betas "
+           "|BETA2| exp(2 pi i k / N) around the free phase (BETA1 must be 0); the estimate's "
+           "bias falls like |BETA2|^N (N = 2 is the symmetric estimate), a minibatch costs N "
+           "real nudged phases (2 for symmetric EP). Needs --model MLP or CNN, an analytic "
+           f"--act ({', '.join(ANALYTIC)}) and no max pooling; --thirdphase is ignored "
+           "(docs/estimators.md)")
     a("--loss", default="cel", choices=LOSSES, help="loss nudging the output")
     a("--softmax", action=argparse.BooleanOptionalAction, default=True,
       help="last fc layer is a softmax readout (--no-softmax: the output layer is neurons)")
@@ -189,6 +197,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "
                          f"(T1={args.T1}, T2={args.T2})")
     check_feedforward(args)
+    check_holomorphic(args)
     if args.betas[0] == args.betas[1]:
         raise SystemExit(f"error: --betas must differ, got {args.betas}")
     if args.warm_start is not None:
@@ -211,6 +220,30 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --same-update only applies to --model VFCNN or VFMLP")
     check_lca_dictionary(args)  # last: LCACNN's --lca-dict file fits the flags
     return args
+
+
+def check_holomorphic(args: argparse.Namespace) -> None:
+    """--alg hEP needs dynamics that are holomorphic in the states: an energy-based MLP or CNN
+    with an analytic activation and no max pooling, nudged on a circle around beta = 0."""
+    if args.alg != "hEP":
+        return
+    if args.model not in ("MLP", "CNN"):
+        raise SystemExit(f"error: --alg hEP needs --model MLP or CNN (symmetric weights, an "
+                         f"energy); got --model {args.model}")
+    if args.act not in ANALYTIC:
+        raise SystemExit(f"error: --alg hEP needs an analytic activation (--act "
+                         f"{' | '.join(ANALYTIC)}); got --act {args.act}")
+    if args.model == "CNN" and "m" in args.pools:
+        raise SystemExit(f"error: --alg hEP needs holomorphic dynamics and max pooling is not "
+                         f"(--pools {args.pools}); accepted per layer: a (average), i (none)")
+    if args.betas[0] != 0.0:
+        raise SystemExit(f"error: --alg hEP nudges on a circle around the free phase: needs "
+                         f"--betas 0 R (radius |R|), got --betas {_shown(args.betas)}")
+    if args.tol is not None:
+        raise SystemExit("error: --alg hEP relaxes each nudged phase for exactly --T2 steps; "
+                         "--tol applies to --alg EP (drop --tol)")
+    if args.random_sign:
+        raise SystemExit("error: --random-sign only changes one-sided EP, not --alg hEP")
 
 
 def check_feedforward(args: argparse.Namespace) -> None:

@@ -81,7 +81,8 @@ def build_optimizer(args, net: EnergyNet):
 
 
 def phases_of(args) -> Phases:
-    return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase)
+    return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase,
+                  hep_points=args.hep_points)
 
 
 def apply_resume_changes(args, run_dir: Path, opt, sched, argv: list[str]) -> dict | None:

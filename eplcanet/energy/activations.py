@@ -39,6 +39,11 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+# The activations that are analytic functions, whose closed forms torch evaluates on complex
+# tensors as their holomorphic extensions (holomorphic EP needs it); the clamps are not analytic.
+ANALYTIC = ("mysig", "sigmoid", "tanh")
+
+
 def get_activation(name: str) -> Activation:
     """The activation called `name`; raises ValueError listing the accepted names."""
     try:

@@ -16,7 +16,7 @@ import torch
 from .dynamics import relax, settle
 from .networks import EnergyNet, VF_CNN
 
-ALGORITHMS = ("EP", "BPTT", "BP")
+ALGORITHMS = ("EP", "BPTT", "BP", "hEP")
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,14 @@ class Phases:
     # Run the +beta and -beta phases as one batch of twice the size: the same arithmetic in
     # half the kernel launches, at twice the state memory.
     batch_phases: bool = True
+    # Holomorphic EP (--alg hEP): the number of betas on its circle of radius |betas[1]|.
+    hep_points: int = 4
 
     def __post_init__(self) -> None:
         if self.T1 < 1 or self.T2 < 1:
             raise ValueError(f"T1 and T2 must be >= 1, got T1={self.T1}, T2={self.T2}")
+        if self.hep_points < 2:
+            raise ValueError(f"hep_points must be >= 2, got {self.hep_points}")
         if self.betas[1] == self.betas[0]:
             raise ValueError(f"the two betas must differ, got {self.betas}")
 
@@ -242,6 +246,10 @@ def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=Non
         from .feedforward import bp_grads
 
         return bp_grads(net, x, y)
+    if alg == "hEP":  # holomorphic EP builds on this module's phases: imported here
+        from .holomorphic import hep_grads
+
+        return hep_grads(net, x, y, phases, phases.hep_points)
     raise ValueError(f"unknown algorithm {alg!r}; accepted: {', '.join(ALGORITHMS)}")
 
 

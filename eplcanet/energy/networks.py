@@ -58,6 +58,29 @@ def _per_sample(beta, like: torch.Tensor):
     return beta
 
 
+def _by_parts(linear, t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A real linear map applied to complex t (the states of holomorphic EP, whose parameters
+    stay real): linear(Re t) + i linear(Im t), both parts in one call stacked along the batch,
+    with `bias` (one per channel, dim 1) added to the real part only, so that it is the affine
+    map's holomorphic extension. The convolutions, pools and matmuls do not take complex
+    tensors with real weights, and casting the weights to complex would double the flops."""
+    n = t.shape[0]
+    both = linear(torch.cat([t.real, t.imag]))
+    re, im = both[:n], both[n:]
+    if bias is not None:
+        re = re + bias.view(-1, *([1] * (re.dim() - 2)))
+    return torch.complex(re, im)
+
+
+def _softmax(z: torch.Tensor) -> torch.Tensor:
+    """softmax over dim 1, and its holomorphic extension for complex z (torch has no complex
+    softmax); shifting by the largest real part keeps exp in range and changes nothing."""
+    if not z.is_complex():
+        return F.softmax(z, dim=1)
+    e = torch.exp(z - z.real.amax(1, keepdim=True))
+    return e / e.sum(1, keepdim=True)
+
+
 def scaled_init_(module: nn.Module, scale: float | None) -> None:
     """PyTorch's default init of conv/linear layers, multiplied by `scale` (the seed's --scale)."""
     if scale is None:
@@ -199,14 +222,21 @@ class EnergyNet(nn.Module):
     def _pool(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         kind = self.pools[i]
         if kind == "m":
+            if h.is_complex():
+                raise ValueError("max pooling is not holomorphic: complex states need pools "
+                                 "'a' (average) or 'i' (none)")
             return F.max_pool2d(h, 2, 2, return_indices=True)
         if kind == "a":
+            if h.is_complex():
+                return _by_parts(lambda p: F.avg_pool2d(p, 2, 2), h), None
             return F.avg_pool2d(h, 2, 2), None
         return h, None
 
     def _unpool(self, i: int, s: torch.Tensor, idx, h_shape) -> torch.Tensor:
         """The adjoint of synapse i's pooling, applied to s (of the pooled shape)."""
         kind = self.pools[i]
+        if s.is_complex() and kind == "a":
+            return _by_parts(lambda p: self._unpool(i, p, idx, h_shape), s)
         if kind == "m":
             return F.max_unpool2d(s, idx, 2, 2, output_size=h_shape[-2:])
         if kind == "a":
@@ -216,11 +246,21 @@ class EnergyNet(nn.Module):
         return s
 
     def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """conv(x) in a relaxation step."""
+        """conv(x) in a relaxation step; for complex x (holomorphic EP) the direct convolution of
+        each part, since the Winograd kernels add the bias to both."""
+        if x.is_complex():
+            return _by_parts(lambda p: F.conv2d(p, conv.weight, None, conv.stride, conv.padding,
+                                                conv.dilation, conv.groups), x, conv.bias)
         return self._winograd.forward(conv, x) if self._fast(conv, x) else conv(x)
 
     def _conv_weight_grad(self, conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
         """The gradient of sum(conv(x) * g) with respect to conv's weight."""
+        if x.is_complex():  # bilinear: (xr + i xi, gr + i gi), as two real calls on 2x the batch
+            re = self._conv_weight_grad(conv, torch.cat([x.real, x.imag]),
+                                        torch.cat([g.real, -g.imag]))
+            im = self._conv_weight_grad(conv, torch.cat([x.real, x.imag]),
+                                        torch.cat([g.imag, g.real]))
+            return torch.complex(re, im)
         if self._fast(conv, x, weight_grad_eligible):
             return self._winograd.weight_grad(conv, x, g)
         return torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, conv.stride, conv.padding,
@@ -228,6 +268,8 @@ class EnergyNet(nn.Module):
 
     def _conv_t(self, g: torch.Tensor, conv: nn.Conv2d, out_hw) -> torch.Tensor:
         """The adjoint of `conv` (without bias) applied to g, sized to out_hw."""
+        if g.is_complex():
+            return _by_parts(lambda p: self._conv_t(p, conv, out_hw), g)
         if self._fast(conv, g):
             return self._winograd.adjoint(conv, g, out_hw)
         k, s, p = conv.kernel_size, conv.stride, conv.padding
@@ -274,10 +316,22 @@ class EnergyNet(nn.Module):
     def _fc_feedback_weight(self, i: int) -> torch.Tensor:
         return self.synapses[i].weight
 
+    @staticmethod
+    def _linear(lin: nn.Linear, p: torch.Tensor) -> torch.Tensor:
+        """lin(p), and its holomorphic extension for complex p."""
+        if p.is_complex():
+            return _by_parts(lambda q: F.linear(q, lin.weight), p, lin.bias)
+        return lin(p)
+
+    @staticmethod
+    def _matmul(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """s @ w for a real weight w and real or complex s."""
+        return _by_parts(lambda q: q @ w, s) if s.is_complex() else s @ w
+
     def output(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Logits (softmax readout) or the output layer's state, (batch, n_classes)."""
         if self.softmax:
-            return self.synapses[-1](states[-1].flatten(1))
+            return self._linear(self.synapses[-1], states[-1].flatten(1))
         return states[-1]
 
     def loss_per_sample(self, states: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -294,9 +348,9 @@ class EnergyNet(nn.Module):
         out = self.output(states)
         target = F.one_hot(y, self.n_classes).to(out.dtype)
         if self.loss == "cel":
-            return F.softmax(out, dim=1) - target
+            return _softmax(out) - target
         if self.softmax:
-            p = F.softmax(out, dim=1)
+            p = _softmax(out)
             e = p - target
             return p * (e - (p * e).sum(1, keepdim=True))  # softmax Jacobian applied to e
         return out - target
@@ -305,7 +359,7 @@ class EnergyNet(nn.Module):
         """dL/ds_{L-1} per sample in closed form, shaped like the last state."""
         g = self._output_grad(states, y)
         if self.softmax:
-            return (g @ self.synapses[-1].weight).view_as(states[-1])
+            return self._matmul(g, self.synapses[-1].weight).view_as(states[-1])
         return g
 
     # ----------------------------------------------------------------------------- energy
@@ -361,9 +415,9 @@ class EnergyNet(nn.Module):
                                                           memo)
                 continue
             if need_up:
-                ups[i] = self.synapses[i](s_prev.flatten(1))
+                ups[i] = self._linear(self.synapses[i], s_prev.flatten(1))
             if need_down:
-                downs[i - 1] = (states[i] @ self._fc_feedback_weight(i)).view_as(s_prev)
+                downs[i - 1] = self._matmul(states[i], self._fc_feedback_weight(i)).view_as(s_prev)
         if _nudged(beta) and n - 1 in want:
             g = self._loss_grad(states, y)
             nudge = -_per_sample(beta, g) * g

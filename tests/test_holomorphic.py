@@ -1,0 +1,199 @@
+"""Holomorphic EP (--alg hEP, eplcanet.energy.holomorphic) against the exact gradient of the loss
+at the free equilibrium, computed independently by implicit differentiation: the fixed point
+s* = sigma(dPhi/ds(s*)) with dPhi/ds by autograd of EnergyNet.phi (not the closed forms the
+relaxation uses), its Jacobian J by autograd, and
+
+    dL/dtheta = dL/dtheta|_s* + lambda^T dF/dtheta,   (I - J)^T lambda = dL/ds*.
+
+In float64, on a small P_MLP and on a P_CNN with an average-pooled and an unpooled conv layer
+(so the complex states go through the convolution, its adjoint and the unpooling)."""
+
+import pytest
+import torch
+
+from eplcanet.cli import parse_args
+from eplcanet.energy.dynamics import relax_autograd
+from eplcanet.energy.holomorphic import check_holomorphic, complex_dtype, hep_grads
+from eplcanet.energy.learning import Phases, _params, ep_grads, estimate_grads
+from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
+from eplcanet.experiment import run
+
+D = torch.float64
+STEPS = 60  # free and nudged steps: converged to float64 rounding on these nets
+
+
+def exact_grads(net, x, y, steps=2 * STEPS):
+    """dLoss/dtheta at the free equilibrium by implicit differentiation (see the module doc)."""
+    with torch.no_grad():
+        free = relax_autograd(net, x, net.init_states(x.shape[0]), steps)
+    shapes, sizes = [s.shape for s in free], [s.numel() for s in free]
+
+    def unflat(z):
+        return [c.view(shape) for c, shape in zip(torch.split(z, sizes), shapes)]
+
+    def fixed_point_map(z):
+        states = unflat(z)
+        grads = torch.autograd.grad(net.phi(x, states).sum(), states, create_graph=True)
+        return torch.cat([net.act(g).flatten() for g in grads])
+
+    z = torch.cat([s.flatten() for s in free]).detach().requires_grad_(True)
+    assert float((fixed_point_map(z) - z).detach().abs().max()) < 1e-13  # an equilibrium indeed
+    jac = torch.autograd.functional.jacobian(fixed_point_map, z)
+    params = _params(net)
+    loss = net.loss_per_sample(unflat(z), y).mean()
+    dl = torch.autograd.grad(loss, [z, *params], allow_unused=True)
+    lam = torch.linalg.solve((torch.eye(z.numel(), dtype=D) - jac).T, dl[0])
+    df = torch.autograd.grad(fixed_point_map(z), params, grad_outputs=lam, allow_unused=True)
+    return [sum(g for g in (a, b) if g is not None) + torch.zeros_like(p)
+            for a, b, p in zip(dl[1:], df, params)]
+
+
+def mlp():
+    torch.manual_seed(0)
+    net = P_MLP([6, 5, 4, 3], act="sigmoid", softmax=True, loss="cel").to(D)
+    return net, torch.randn(4, 6, dtype=D), torch.tensor([0, 1, 2, 1])
+
+
+def cnn():
+    torch.manual_seed(0)
+    net = P_CNN((1, 8, 8), [2, 3], [3, 3], [1, 1], [1, 1], "ai", [4, 3], act="sigmoid",
+                softmax=True, loss="cel").to(D)
+    return net, torch.randn(3, 1, 8, 8, dtype=D), torch.tensor([0, 1, 2])
+
+
+NETS = {"P_MLP": mlp, "P_CNN": cnn}
+
+
+@pytest.fixture(scope="module", params=sorted(NETS))
+def case(request):
+    net, x, y = NETS[request.param]()
+    return net, x, y, exact_grads(net, x, y)
+
+
+def phases(radius, batch_phases=True):
+    return Phases(STEPS, STEPS, (0.0, radius), thirdphase=True, batch_phases=batch_phases)
+
+
+def hep(net, x, y, radius, points, batch_phases=True):
+    hep_grads(net, x, y, phases(radius, batch_phases), points)
+    return [p.grad.clone() for p in _params(net)]
+
+
+def symmetric(net, x, y, radius):
+    ep_grads(net, x, y, phases(radius))
+    return [p.grad.clone() for p in _params(net)]
+
+
+def rel_err(est, ref):
+    return [float((e - r).norm() / r.norm()) for e, r in zip(est, ref)]
+
+
+def cosines(est, ref):
+    return [float(torch.nn.functional.cosine_similarity(e.flatten(), r.flatten(), dim=0))
+            for e, r in zip(est, ref)]
+
+
+def test_hep_gives_the_exact_gradient_where_symmetric_ep_is_biased(case):
+    net, x, y, ref = case
+    h, s = hep(net, x, y, 0.5, 4), symmetric(net, x, y, 0.5)
+    err_h, err_s = rel_err(h, ref), rel_err(s, ref)
+    assert min(cosines(h, ref)) >= 0.999
+    assert max(err_h) < 5e-4, err_h
+    # the symmetric estimate's O(beta^2) bias, per tensor, is what hEP removes
+    assert all(es > 10 * eh for es, eh in zip(err_s, err_h)), (err_s, err_h)
+    assert min(err_s) > 1e-4, err_s
+
+
+def test_error_falls_with_the_number_of_points(case):
+    net, x, y, ref = case
+    e2, e4, e8 = (rel_err(hep(net, x, y, 1.0, n), ref) for n in (2, 4, 8))
+    for a, b, c in zip(e2, e4, e8):  # the aliasing error is O(r^N): orders of magnitude here
+        assert b < a / 5 and c < b / 20, (e2, e4, e8)
+    assert max(e8) < 1e-5
+
+
+def test_two_points_are_the_symmetric_estimate(case):
+    """N = 2 puts the betas at +r and -r: the Cauchy sum is symmetric EP's difference quotient
+    (this pins hEP's sign and scale to EP's convention)."""
+    net, x, y, _ = case
+    for h, s in zip(hep(net, x, y, 0.7, 2), symmetric(net, x, y, 0.7)):
+        torch.testing.assert_close(h, s, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("points", [3, 4, 5])
+def test_batched_phases_equal_one_relaxation_per_beta(case, points):
+    net, x, y, _ = case
+    for a, b in zip(hep(net, x, y, 0.6, points), hep(net, x, y, 0.6, points, False)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_float32_states_relax_in_complex64():
+    net, x, y = mlp()
+    ref = exact_grads(net, x, y)
+    assert complex_dtype(torch.float32) == torch.complex64
+    assert complex_dtype(torch.float64) == torch.complex128
+    net32 = net.float()
+    est = hep(net32, x.float(), y, 0.5, 4)
+    assert all(g.dtype == torch.float32 for g in est)
+    assert min(cosines([g.double() for g in est], ref)) >= 0.999
+    assert max(rel_err([g.double() for g in est], ref)) < 1e-3
+
+
+def test_estimate_grads_dispatches_to_hep():
+    net, x, y = mlp()
+    estimate_grads(net, x, y, "hEP", Phases(STEPS, STEPS, (0.0, 0.5), hep_points=8))
+    via_dispatch = [p.grad.clone() for p in _params(net)]
+    for a, b in zip(via_dispatch, hep(net, x, y, 0.5, 8)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_networks_without_holomorphic_dynamics_are_refused():
+    def conv(cls, pools="a", act="sigmoid"):
+        return cls((1, 8, 8), [2], [3], [1], [1], pools, [3], act=act)
+
+    for net, words in ((conv(P_CNN, pools="m"), "max pooling"),
+                       (conv(P_CNN, act="my_hard_sig"), "analytic"),
+                       (conv(VF_CNN), "P_MLP and P_CNN")):
+        with pytest.raises(ValueError, match=words):
+            check_holomorphic(net)
+    net, x, y = mlp()
+    with pytest.raises(ValueError, match="points >= 2"):
+        hep_grads(net, x, y, phases(0.5), 1)
+    with pytest.raises(ValueError, match="betas\\[0\\] must be 0"):
+        hep_grads(net, x, y, Phases(5, 5, (0.1, 0.5)), 4)
+
+
+HEP = "--alg hEP --act sigmoid --pools aa"
+
+
+@pytest.mark.parametrize("flags, message", [
+    ("--alg hEP --pools aa", "--act"),  # the default my_hard_sig is a clamp
+    ("--alg hEP --pools aa --act ctrd_hard_sig", "--act"),
+    (f"{HEP} --model VFCNN", "--model"),
+    (f"{HEP} --model LCACNN", "--model"),
+    ("--alg hEP --act sigmoid --pools am", "--pools"),
+    (f"{HEP} --betas 0.1 0.5", "--betas"),
+    (f"{HEP} --tol 1e-6", "--tol"),
+    (f"{HEP} --no-thirdphase --random-sign", "--random-sign"),
+    (f"{HEP} --warm-start 5", "--warm-start"),
+])
+def test_cli_refuses_what_hep_cannot_run(flags, message):
+    with pytest.raises(SystemExit) as err:
+        parse_args(flags.split())
+    assert str(err.value).startswith("error: ") and message in str(err.value)
+
+
+def test_cli_refuses_fewer_than_two_points(capsys):
+    with pytest.raises(SystemExit) as err:
+        parse_args(f"{HEP} --hep-points 1".split())
+    assert err.value.code == 2
+    assert "--hep-points" in capsys.readouterr().err
+    assert parse_args(HEP.split()).hep_points == 4
+    assert parse_args(f"{HEP} --hep-points 6".split()).hep_points == 6
+
+
+def test_trains_a_tiny_mlp_on_digits_above_chance(tmp_path):
+    argv = ("--alg hEP --model MLP --archi 64 32 10 --act sigmoid --lrs 0.5 0.5 --T1 20 --T2 8 "
+            f"--epochs 1 --device cpu --results-dir {tmp_path}").split()
+    result = run(parse_args(argv), argv)
+    assert result["test_acc"] > 0.5  # chance is 0.1
