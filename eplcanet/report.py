@@ -119,7 +119,7 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _task_of(hp: dict[str, Any]) -> str:
+def task_of(hp: dict[str, Any]) -> str:
     """What a run was trained on: the task, and the data file's name for task npz."""
     task = str(hp.get("task", "?"))
     if hp.get("data_path"):
@@ -178,7 +178,7 @@ def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False) -
     if problems:
         raise ReportError("cannot report on these runs:\n  " + "\n  ".join(problems))
 
-    tasks = {run: _task_of(hp) for run, hp in hparams.items()}
+    tasks = {run: task_of(hp) for run, hp in hparams.items()}
     if len(set(tasks.values())) > 1:
         listing = "\n  ".join(f"{task}: {run}" for run, task in tasks.items())
         raise ReportError(f"runs of different tasks cannot be compared:\n  {listing}")

@@ -575,9 +575,15 @@ def _run_label(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m eplcanet.robustness plot OUT.png LABEL=RUN_DIR ...``: one figure of the
-    attack.csv curves of several runs (e.g. EP vs BPTT vs LCA-CNN)."""
+    attack.csv curves of several runs (e.g. EP vs BPTT vs LCA-CNN);
+    ``python -m eplcanet.robustness study ROOT... --out DIR``: the multi-seed table and figure of
+    the attacked runs below ROOT (eplcanet.robustness_study)."""
     p = Parser(prog="python -m eplcanet.robustness")
     sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("study", help="mean and 95%% CI over seeds of the attacked runs below "
+                        "ROOT: study_points.csv, study.csv, study.png")
+    st.add_argument("roots", nargs="+", metavar="ROOT", help="folders holding run directories")
+    st.add_argument("--out", required=True, help="folder for the three files")
     pl = sub.add_parser("plot", help="accuracy vs epsilon of several runs in one figure")
     pl.add_argument("out", help="the PNG to write")
     pl.add_argument(
@@ -588,6 +594,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     pl.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    if args.command == "study":
+        from .robustness_study import format_summary, write_study
+
+        missing = [r for r in args.roots if not Path(r).is_dir()]
+        if missing:
+            p.error(f"ROOT {', '.join(missing)}: no such folder")
+        files, summary = write_study(args.roots, args.out)
+        print(format_summary(summary))
+        print("wrote " + ", ".join(str(f) for f in files.values()))
+        return
     from . import plots
 
     curves = {}

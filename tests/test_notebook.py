@@ -90,6 +90,7 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
     expected = [
         "curves.png",
         "robustness.png",
+        "robustness_study.png",
         "corruptions_EP_CNN_run_1.png",
         "EP_CNN_run_1_neural_activity.png",
         "EP_LCACNN_run_1_neural_activity.png",
@@ -103,6 +104,8 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
     for label in ("EP_CNN_run_1", "EP_LCACNN_run_1"):
         assert (figures / f"{label}_gdu" / "gdu.json").is_file()
         assert _is_png(figures / f"{label}_gdu" / "gdu_synapses_0_weight.png")
+    study = (figures / "robustness_study.csv").read_text()  # one seed: the CI is left empty
+    assert study.startswith("task,model,norm,epsilon,kind,n_seeds,mean") and "EP CNN" in study
     table = (figures / "runs.csv").read_text()
     assert table.count("\n") == 3 and "best_val_acc" in table and "whitebox_Linf_acc@0.2" in table
     # Images shown inline: the notebook displays what it writes.

@@ -1,0 +1,161 @@
+"""Robustness over training seeds: the table and the figure of a robustness study.
+
+Each model of a study is trained with several seeds and attacked with ``main_fast.py --todo
+attack`` (attack.csv in each run directory). At every norm and radius, each run contributes the
+accuracy of its strongest white-box attack (the minimum over PGD and AutoPGD: each is an upper
+bound on the robust accuracy) and of its strongest black-box one; over the seeds of a model this
+gives the mean and the 95% Student-t confidence interval (``report.mean_ci``), beside the number
+of seeds whose point a gradient-masking check flagged (``attacks.masking_checks``): a flagged
+point is reported, never dropped.
+
+    study_points(run_dirs)      one row per (run, norm, epsilon, kind): the per-seed numbers
+    summarise(points)           one row per (task, model, norm, epsilon, kind): n seeds, mean,
+                                std, CI, seeds flagged, images per seed, the attacks that won
+    plot_study(summary, path)   accuracy vs epsilon with CI bands, one panel per (task, norm)
+    python -m eplcanet.robustness study ROOT... [--out DIR]   both files for the runs below ROOT
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .analysis import find_runs
+from .attacks import BLACK_BOX, WHITE_BOX
+from .report import mean_ci, task_of
+from .runs import load_hyperparameters
+
+KINDS = {"white_box": WHITE_BOX, "black_box": BLACK_BOX}
+POINT_COLUMNS = ("run", "task", "model", "seed", "norm", "epsilon", "kind", "accuracy", "attack",
+                 "n", "flagged")
+SUMMARY_COLUMNS = ("task", "model", "norm", "epsilon", "kind", "n_seeds", "mean", "std",
+                   "ci_low", "ci_high", "seeds_flagged", "images", "attacks")
+
+
+def model_label(hp: dict) -> str:
+    """How a run appears in the study: its estimator and model, e.g. 'EP CNN', 'BP FFCNN'."""
+    return f"{hp.get('alg', '?')} {hp.get('model', '?')}"
+
+
+def study_points(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """The per-seed numbers: for every run with an attack.csv, at each (norm, epsilon), the
+    accuracy of the strongest attack of each kind, which attack it was, the images attacked and
+    whether a masking check flagged any of the point's rows of that kind. Runs without
+    attack.csv are skipped; a run whose attack.csv has no attack column (PGD only, written before
+    the ART attacks) is refused, since its strongest attack cannot be told."""
+    rows = []
+    for run in map(Path, run_dirs):
+        path = run / "attack.csv"
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path, keep_default_na=False)
+        missing = {"attack", "norm", "epsilon", "accuracy", "n"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(sorted(missing))} column(s); attack the run "
+                             f"again with main_fast.py --todo attack --load-path {run}")
+        unknown = set(table["attack"]) - set(WHITE_BOX) - set(BLACK_BOX)
+        if unknown:
+            raise ValueError(f"{path}: unknown attack(s) {sorted(unknown)}; known: "
+                             f"{', '.join(WHITE_BOX + BLACK_BOX)}")
+        hp = load_hyperparameters(run)
+        flags = table["masking_flags"] if "masking_flags" in table else pd.Series("", table.index)
+        table = table.assign(flagged=flags.astype(str).str.len() > 0)
+        for kind, names in KINDS.items():
+            part = table[table["attack"].isin(names)]
+            for (norm, eps), g in part.groupby(["norm", "epsilon"], sort=True):
+                best = g.loc[g["accuracy"].idxmin()]
+                rows.append({"run": str(run), "task": task_of(hp), "model": model_label(hp),
+                             "seed": hp.get("seed"), "norm": norm, "epsilon": float(eps),
+                             "kind": kind, "accuracy": float(best["accuracy"]),
+                             "attack": best["attack"], "n": int(g["n"].min()),
+                             "flagged": bool(g["flagged"].any())})
+    return pd.DataFrame(rows, columns=list(POINT_COLUMNS))
+
+
+def summarise(points: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% confidence interval over the seeds at each (task, model, norm, epsilon,
+    kind); ``images`` is the fewest images any seed attacked, ``attacks`` the strongest attacks
+    over the seeds (e.g. 'apgd-ce:2 pgd:1')."""
+    out = []
+    keys = ["task", "model", "norm", "epsilon", "kind"]
+    for key, g in points.groupby(keys, sort=True):
+        stats = mean_ci(g["accuracy"].tolist())
+        won = g["attack"].value_counts()
+        out.append({**dict(zip(keys, key)), "n_seeds": stats["n"], "mean": stats["mean"],
+                    "std": stats["std"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"],
+                    "seeds_flagged": int(g["flagged"].sum()), "images": int(g["n"].min()),
+                    "attacks": " ".join(f"{a}:{c}" for a, c in won.items())})
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
+
+
+def plot_study(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Accuracy against epsilon, mean over seeds with the 95% CI as a band; one panel per
+    (task, norm), a colour per model, solid for the strongest white-box attack, dashed for the
+    strongest black-box one; a flagged point is drawn as an open circle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(summary.groupby(["task", "norm"], sort=True))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4),
+                             squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(summary["model"].unique()))}
+    for ax, ((task, norm), panel) in zip(axes[0], panels):
+        for (model, kind), g in panel.groupby(["model", "kind"], sort=True):
+            g = g.sort_values("epsilon")
+            style = "-" if kind == "white_box" else "--"
+            label = f"{model}, {kind.replace('_', '-')}"
+            ax.plot(g["epsilon"], g["mean"], style, color=colours[model], label=label)
+            ax.fill_between(g["epsilon"], g["ci_low"], g["ci_high"], color=colours[model],
+                            alpha=0.15 if kind == "white_box" else 0.07, linewidth=0)
+            bad = g[g["seeds_flagged"] > 0]
+            ax.plot(bad["epsilon"], bad["mean"], "o", mfc="none", color=colours[model])
+        seeds = int(panel["n_seeds"].min())
+        ax.set(title=f"{task}, {norm} ({seeds}+ seeds, {int(panel['images'].min())}+ images)",
+               xlabel="epsilon (pixels in [0, 1])", ylabel="accuracy under attack", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as aligned text: mean +- CI half-width in %, seeds, flagged seeds."""
+    lines = []
+    for _, r in summary.iterrows():
+        half = (r["ci_high"] - r["ci_low"]) / 2
+        spread = f" +- {100 * half:4.1f}" if half == half else " (one seed: no CI)"
+        flag = f", FLAGGED in {r['seeds_flagged']} seed(s)" if r["seeds_flagged"] else ""
+        lines.append(f"{r['task']:>12s} {r['model']:>12s} {r['norm']:>4s} eps {r['epsilon']:<6.4g}"
+                     f" {r['kind']:>9s}: {100 * r['mean']:5.1f}%{spread} ({r['n_seeds']} seeds, "
+                     f"{r['images']} images; {r['attacks']}){flag}")
+    return "\n".join(lines)
+
+
+def write_study(roots: Iterable[str | Path],
+                out: str | Path) -> tuple[dict[str, Path], pd.DataFrame]:
+    """study_points.csv, study.csv (the summary) and study.png for the runs below ``roots``
+    into ``out``; returns the files and the summary. Raises ValueError when no run below them
+    has an attack.csv."""
+    from .runs import atomic_write_text
+
+    roots = list(roots)
+    points = study_points(find_runs(roots))
+    if points.empty:
+        raise ValueError(f"no run with an attack.csv below {', '.join(map(str, roots))}: run "
+                         f"main_fast.py --todo attack --load-path RUN first")
+    summary = summarise(points)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"points": out / "study_points.csv", "summary": out / "study.csv"}
+    atomic_write_text(points.to_csv(index=False, lineterminator="\n"), files["points"])
+    atomic_write_text(summary.to_csv(index=False, lineterminator="\n"), files["summary"])
+    files["figure"] = plot_study(summary, out / "study.png")
+    return files, summary

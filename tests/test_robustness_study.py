@@ -1,0 +1,131 @@
+"""Tests of eplcanet.robustness_study: the per-seed strongest attacks and their mean and 95%
+confidence interval, checked against a hand computation with Student-t quantiles from a printed
+table; bad input; and the study script's quick variant end to end."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eplcanet import robustness_study as rs
+from eplcanet.attacks import RESULT_COLUMNS
+from eplcanet.robustness import main as robustness_main
+from eplcanet.runs import save_hyperparameters
+
+ROOT = Path(__file__).resolve().parents[1]
+T975 = {1: 12.706204736, 2: 4.302652730}  # t_{0.975, df} from a printed table
+
+
+def _attacked_run(root: Path, name: str, hp: dict, accs: dict, flagged=()) -> Path:
+    """A run directory with hyperparameters.json and an attack.csv: accs maps (attack, norm,
+    epsilon) to accuracy; flagged lists the keys whose row a masking check marked."""
+    run = root / name
+    run.mkdir(parents=True)
+    save_hyperparameters(run, hp, ["main_fast.py"])
+    rows = [{"attack": a, "norm": norm, "epsilon": eps, "accuracy": acc, "n": 100, "steps": 5,
+             "restarts": 1, "predict_step": 10, "attack_step": 10, "forwards_per_image": 5,
+             "gradients_per_image": 5, "masking_flags": "accuracy_vanishes"
+             if (a, norm, eps) in flagged else ""}
+            for (a, norm, eps), acc in accs.items()]
+    pd.DataFrame(rows, columns=[*RESULT_COLUMNS, "masking_flags"]).to_csv(run / "attack.csv",
+                                                                          index=False)
+    return run
+
+
+def _hand(x: list[float]) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    mean = x.sum() / len(x)
+    half = T975[len(x) - 1] * math.sqrt(((x - mean) ** 2).sum() / (len(x) - 1)) / math.sqrt(len(x))
+    return mean, half
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    rng = np.random.default_rng(1)
+    for model, alg in (("CNN", "EP"), ("FFCNN", "BP")):
+        for seed in range(3):
+            accs = {(a, "Linf", eps): float(rng.uniform(0, 1))
+                    for eps in (0.1, 0.2) for a in ("pgd", "apgd-ce", "apgd-dlr", "square")}
+            accs[("pgd", "Linf", 0.0)] = 0.9 + 0.01 * seed
+            flagged = [("apgd-ce", "Linf", 0.2)] if seed == 1 and model == "CNN" else []
+            _attacked_run(tmp_path / model, f"seed_{seed}/run_1",
+                          {"model": model, "alg": alg, "task": "digits", "seed": seed}, accs,
+                          flagged)
+    return tmp_path
+
+
+def test_each_seed_gives_its_strongest_attack_and_the_summary_its_mean_and_ci(study):
+    points = rs.study_points(sorted(study.glob("*/seed_*/run_1")))
+    assert len(points) == 2 * 3 * (3 + 2)  # models x seeds x (white-box eps 0 .1 .2, black .1 .2)
+    for run in sorted(study.glob("*/seed_*/run_1")):
+        table = pd.read_csv(run / "attack.csv")
+        wb = table[table["attack"] != "square"].groupby("epsilon")["accuracy"].min()
+        mine = points[(points["run"] == str(run)) & (points["kind"] == "white_box")]
+        assert mine.set_index("epsilon")["accuracy"].to_dict() == pytest.approx(wb.to_dict())
+    summary = rs.summarise(points)
+    for _, row in summary.iterrows():
+        per_seed = points[(points["model"] == row["model"]) & (points["epsilon"] == row["epsilon"])
+                          & (points["kind"] == row["kind"])]["accuracy"].tolist()
+        mean, half = _hand(per_seed)
+        assert row["n_seeds"] == 3 and row["images"] == 100
+        assert row["mean"] == pytest.approx(mean)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
+    flagged = summary[summary["seeds_flagged"] > 0]
+    assert flagged[["model", "epsilon", "kind"]].values.tolist() == [["EP CNN", 0.2, "white_box"]]
+    clean = summary[(summary["epsilon"] == 0) & (summary["model"] == "BP FFCNN")].iloc[0]
+    assert clean["mean"] == pytest.approx(0.91) and clean["attacks"] == "pgd:3"
+
+
+def test_the_command_writes_the_tables_and_figure(study, tmp_path, capsys):
+    robustness_main(["study", str(study), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "EP CNN Linf eps 0.2" in out and "FLAGGED in 1 seed(s)" in out
+    for name in ("study.csv", "study_points.csv", "study.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "out" / "study.csv")) == 2 * (3 + 2)
+
+
+def test_bad_input_is_refused(tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    save_hyperparameters(old, {"model": "CNN", "alg": "EP"}, ["main_fast.py"])
+    pd.DataFrame({"norm": ["Linf"], "epsilon": [0.1], "accuracy": [0.5], "n": [10]}).to_csv(
+        old / "attack.csv", index=False)
+    with pytest.raises(ValueError, match="no attack column"):
+        rs.study_points([old])
+    odd = _attacked_run(tmp_path, "odd", {"model": "CNN", "alg": "EP"},
+                        {("fgsm", "Linf", 0.1): 0.5})
+    with pytest.raises(ValueError, match=r"unknown attack\(s\) \['fgsm'\]"):
+        rs.study_points([odd])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no run with an attack.csv below"):
+        rs.write_study([empty], tmp_path / "out")
+    with pytest.raises(SystemExit):
+        robustness_main(["study", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert "no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_quick_study_script_trains_attacks_and_aggregates(tmp_path):
+    env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "run" / "robustness_study.sh")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "study" / "study.csv")
+    assert set(summary["model"]) == {"EP CNN", "BPTT CNN", "EP LCACNN", "BP FFCNN"}
+    assert (summary["n_seeds"] == 2).all() and (summary["images"] == 64).all()
+    wb = summary[summary["kind"] == "white_box"].set_index(["model", "epsilon"])["mean"]
+    for model in ("EP CNN", "BP FFCNN"):  # trained well above chance, broken by a large ball
+        assert wb[(model, 0.0)] > 0.3 and wb[(model, 0.3)] < wb[(model, 0.0)]
+    # a second run finds everything done: nothing is trained or attacked again
+    again = subprocess.run(["bash", str(ROOT / "run" / "robustness_study.sh")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "epoch 1:" not in again.stdout
+    assert "relaxations per image" not in again.stdout
