@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
            "relaxes from zero for --T1 steps. Off by default: it changes the algorithm")
     a("--betas", type=FINITE, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"))
     a("--random-sign", action="store_true", help="random sign of beta2 per minibatch")
+    a("--cep-debug", action="store_true",
+      help="--alg CEP: at the first minibatch of every epoch, print per parameter tensor the "
+           "norm of the summed per-step updates (each divided by its learning rate) and of the "
+           "one-shot one-sided EP estimate of the same minibatch from the weights before it, "
+           "their cosine and relative difference (close to 0 at small --lrs: the GDU property "
+           "of CEP). Computed on a copy of the network: training is unchanged")
     a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
       help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)"
            "; ignored by --alg hEP")
@@ -197,6 +203,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"error: BPTT backpropagates T2 of T1 steps: need T2 <= T1 "
                          f"(T1={args.T1}, T2={args.T2})")
     check_feedforward(args)
+    check_cep(args)
     check_holomorphic(args)
     if args.betas[0] == args.betas[1]:
         raise SystemExit(f"error: --betas must differ, got {args.betas}")
@@ -246,6 +253,32 @@ def check_holomorphic(args: argparse.Namespace) -> None:
         raise SystemExit("error: --random-sign only changes one-sided EP, not --alg hEP")
 
 
+def check_cep(args: argparse.Namespace) -> None:
+    """--alg CEP (continual EP: the weights move after every nudged step) runs where the
+    reference ran it, on the MLPs, one-sided, each step a plain SGD step; --cep-debug needs it."""
+    if args.cep_debug and args.alg != "CEP":
+        raise SystemExit(f"error: --cep-debug compares CEP's per-step updates with EP: it applies "
+                         f"to --alg CEP, not --alg {args.alg}")
+    if args.alg != "CEP":
+        return
+    if args.model not in MLP_MODELS:
+        raise SystemExit(f"error: --alg CEP runs on the fully connected networks, as in the "
+                         f"reference: --model {' or '.join(MLP_MODELS)}, not --model {args.model}")
+    if args.thirdphase:
+        raise SystemExit("error: --alg CEP is one-sided (each nudged step moves the weights, so "
+                         "there is no second phase from the same weights): add --no-thirdphase")
+    if args.todo != "train":
+        return
+    if args.optim != "sgd":
+        raise SystemExit(f"error: --alg CEP applies a plain SGD step (the --lrs of each layer) "
+                         f"after every nudged step; --optim {args.optim} is not that: "
+                         f"accepted: --optim sgd")
+    if args.mmt != 0:
+        raise SystemExit(f"error: --alg CEP applies plain SGD steps: momentum would carry each "
+                         f"step's update into the later steps and minibatches; add --mmt 0 "
+                         f"(got --mmt {args.mmt:g})")
+
+
 def check_feedforward(args: argparse.Namespace) -> None:
     """--model FFCNN (the feed-forward baseline) trains with --alg BP only, and BP applies to it
     only; its relaxation computes the feed-forward pass once it runs one step per layer
@@ -280,7 +313,8 @@ RUN_IDENTITY = {"model", "archi", "channels", "kernels", "strides", "paddings", 
 # replace the optimiser's, the cosine decay stretches to the new --epochs); every other flag
 # of the run must stay as it was. Evaluation and the robustness todos may change anything
 # outside RUN_IDENTITY (they measure the trained network with other settings).
-RESUME_MAY_CHANGE = {"epochs", "lrs", "check_thm", "gdu_batch", "conv_algo", "precision"}
+RESUME_MAY_CHANGE = {"epochs", "lrs", "check_thm", "gdu_batch", "conv_algo", "precision",
+                     "cep_debug"}
 
 
 def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:

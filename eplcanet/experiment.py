@@ -19,7 +19,8 @@ from .cli import MLP_MODELS, RESUME_MAY_CHANGE
 from .data import WithIndex, load_task, make_loader
 from .energy.dynamics import Relaxation
 from .energy.feedforward import FF_CNN
-from .energy.learning import Phases, StateBank, gdu_metrics, gdu_traces, settling_steps
+from .energy.learning import (Phases, StateBank, cep_step_traces, gdu_metrics, gdu_traces,
+                               settling_steps, step_cosines)
 from .energy.networks import P_CNN, P_MLP, VF_CNN, VF_MLP, EnergyNet
 from .entry import Interrupted, resolve_device
 from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
@@ -216,7 +217,7 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
             stats, states, stopped = train_epoch(
                 net, opt, loader, args.alg, phases, device, desc=f"epoch {epoch}/{args.epochs}",
                 dist=dist, precision=args.precision, bank=bank, warm_T1=args.warm_start,
-                progress=resumed, stop=signals.requested, epoch=epoch)
+                progress=resumed, stop=signals.requested, epoch=epoch, cep_debug=args.cep_debug)
             if stopped is not None:
                 if writes:  # the epochs done, and this one's minibatches so far
                     runs.save_checkpoint(run_dir / "checkpoint.pt", model=net, optimizer=opt,
@@ -299,11 +300,21 @@ def _gducheck(args, net, splits, device, run_dir) -> dict:
         print(f"--tol {args.tol:g}: free phase settled in {used['free_steps']} of {args.T1} "
               f"steps, nudged phases in {used['nudged_steps']} of {args.T2}")
     net.float()
-    result = gdu_metrics(traces)
+    # CEP: its per-step updates (the one-sided trace's increments) against BPTT's per-step
+    # gradients; the plots keep the cumulative traces, of which these are the steps
+    key, label = ("cep", "CEP step vs BPTT step") if args.alg == "CEP" else (
+        "ep_symmetric", "symmetric EP vs BPTT")
+    steps = cep_step_traces(traces) if args.alg == "CEP" else None
+    result = gdu_metrics(steps if steps is not None else traces)
+    if steps is not None:  # the last steps are near zero: every step's cosine
+        for name, cos in step_cosines(steps).items():
+            result[name]["cep"]["cosine_per_step"] = cos
     for name, variants in result.items():
-        sym = variants["ep_symmetric"]
-        print(f"{name:28s} symmetric EP vs BPTT: cosine {sym['cosine']:.4f} "
-              f"rel RMSE {sym['rel_rmse']:.4f} sign agreement {sym['sign_agreement']:.3f}")
+        sym = variants[key]
+        print(f"{name:28s} {label}: cosine {sym['cosine']:.4f} "
+              f"rel RMSE {sym['rel_rmse']:.4f} sign agreement {sym['sign_agreement']:.3f}"
+              + ("" if steps is None else " per step " + " ".join(
+                  "-" if c is None else f"{c:.4f}" for c in sym["cosine_per_step"])))
     out_dir = run_dir if run_dir is not None else Path(args.results_dir) / "gducheck"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(json.dumps(result, indent=2), out_dir / "gdu.json")

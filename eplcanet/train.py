@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import math
@@ -13,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .energy.dynamics import settle
-from .energy.learning import Phases, StateBank, estimate_grads
+from .energy.learning import Phases, StateBank, cep_vs_ep, estimate_grads
 from .energy.networks import EnergyNet
 from .entry import Diverged
 from .runs import get_rng_state, set_rng_state
@@ -180,8 +181,12 @@ def train_epoch(
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
     epoch: int = 0,
+    cep_debug: bool = False,
 ) -> tuple[dict, list[torch.Tensor], EpochProgress | None]:
-    """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer.
+    """One pass over `loader`: estimate gradients (EP or BPTT) and step the optimizer; CEP
+    steps it after every nudged step instead (``learning.cep_grads``), and with ``cep_debug``
+    prints, for the epoch's first minibatch, its summed steps against one-shot EP
+    (``learning.cep_vs_ep``, on a copy of the network taken before the minibatch).
 
     Returns ({"train_loss", "train_acc"} measured on the free equilibria, and with the network's
     tol the steps its phases took, ``runs.STEP_FIELDS``; last free states).
@@ -213,24 +218,38 @@ def train_epoch(
     if done.rng is not None:
         set_rng_state(done.rng)
     stopped = None
+    debug_pending = cep_debug and alg == "CEP"
     for it, (x, y, *index) in enumerate(batches, start=done.batches):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         init = None
         if bank is not None:
             init = bank.lookup(index[0], x.device, net.synapses[0].weight.dtype)
+        record = {} if debug_pending else None
+        before = copy.deepcopy(net) if debug_pending else None
+
+        def update(n=y.shape[0]) -> None:  # CEP: after every nudged step
+            if dist is not None:
+                dist.average_grads(net, n)
+            optimizer.step()
+
         with precision_context(precision, device):
-            est = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init)
+            est = estimate_grads(net, x, y, alg, phases if init is None else warm, init=init,
+                                 update=update, record=record)
+        if record is not None:
+            debug_pending = False
+            _print_cep_debug(epoch, it, record["beta"], cep_vs_ep(before, x, y, phases, record))
         states = est.states
         steps.append((est.free_steps, est.nudged_steps))
         if bank is not None:
             bank.store(index[0], states)
-        if dist is not None:
+        if dist is not None and not est.applied:
             dist.average_grads(net, y.shape[0])
         with torch.no_grad():
             losses = net.loss_per_sample(states, y)
             guard.watch(it, losses, states)
-        optimizer.step()
+        if not est.applied:
+            optimizer.step()
         with torch.no_grad():
             loss_sum += losses.sum()
             correct += (net.predict(states) == y).sum()
@@ -253,6 +272,14 @@ def train_epoch(
         stats.update(free_steps_mean=sum(free) / len(free), free_steps_max=max(free),
                      nudged_steps_mean=sum(nudged) / len(nudged), nudged_steps_max=max(nudged))
     return stats, states, stopped
+
+
+def _print_cep_debug(epoch: int, it: int, beta: float, rows: dict[str, dict[str, float]]) -> None:
+    print(f"cep-debug epoch {epoch} minibatch {it + 1} (beta2 {beta:+g}): summed CEP steps "
+          f"vs one-shot EP, per tensor")
+    for name, r in rows.items():
+        print(f"  {name:24s} |CEP| {r['cep_norm']:.4e} |EP| {r['ep_norm']:.4e} "
+              f"cosine {r['cosine']:.6f} rel diff {r['rel_diff']:.3e}")
 
 
 def _agreed(flag: bool, dist: DistContext | None) -> bool:

@@ -136,8 +136,8 @@ def test_estimators_keep_no_graph_and_reject_unknown_algorithm():
         states = estimate_grads(net, x, y, alg, Phases(8, 3, (0.0, 0.5), random_sign=True)).states
         assert all(not s.requires_grad for s in states)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
-    with pytest.raises(ValueError, match="accepted: EP, BPTT"):
-        estimate_grads(net, x, y, "CEP", Phases(8, 3, (0.0, 0.5)))
+    with pytest.raises(ValueError, match="unknown algorithm 'EQPROP'; accepted: EP, BPTT"):
+        estimate_grads(net, x, y, "EQPROP", Phases(8, 3, (0.0, 0.5)))
 
 
 def test_activation_formulas():

@@ -4,19 +4,22 @@ the GDU check that compares them step by step.
 Every estimator leaves an estimate of dLoss/dtheta in the parameters' ``.grad``, so any torch
 optimizer performs the update, and returns an ``Estimate``: the free equilibrium and the steps
 its phases took (fewer than T1 / T2 when the network's ``Relaxation.tol`` stops them early).
+Continual EP (``cep_grads``) is the exception: it updates the weights itself at every nudged
+step, through the update it is given, and says so in ``Estimate.applied``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .dynamics import relax, settle
 from .networks import EnergyNet, VF_CNN
 
-ALGORITHMS = ("EP", "BPTT", "BP", "hEP")
+ALGORITHMS = ("EP", "BPTT", "BP", "hEP", "CEP")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Estimate:
     states: list[torch.Tensor]
     free_steps: int
     nudged_steps: int
+    # The estimator has already updated the weights (CEP): the caller must not step again.
+    applied: bool = False
 
 
 def _params(net: EnergyNet) -> list[torch.nn.Parameter]:
@@ -69,13 +74,16 @@ Grads = tuple[torch.Tensor | None, ...]
 
 
 def phi_param_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, states_a: list[torch.Tensor],
-                    beta_a: float, states_b: list[torch.Tensor], beta_b: float) -> Grads:
+                    beta_a: float, states_b: list[torch.Tensor], beta_b: float,
+                    over: float | None = None) -> Grads:
     """EP estimate of dLoss/dtheta from two equilibria at betas a and b (batch mean):
 
         -(dPhi/dtheta(s_b; beta_b) - dPhi/dtheta(s_a; beta_a)) / (beta_b - beta_a),
 
     one entry per trainable parameter (None where Phi does not depend on it). The difference is
     taken in closed form, state differences first (``EnergyNet.phi_param_grad_diff``).
+    `over` replaces beta_b - beta_a as the divisor (CEP's steps between two states at the same
+    beta divide by the phase's beta2 - beta1).
     """
     # In fp32 even under bf16 autocast: the estimate is a difference divided by a small beta,
     # which bf16 rounding would swamp. It costs about one forward and backward pass per
@@ -83,7 +91,7 @@ def phi_param_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, states_a: 
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         diff = net.phi_param_grad_diff(x, y, [s.detach() for s in states_a], beta_a,
                                        [s.detach() for s in states_b], beta_b)
-    scale = -1.0 / (beta_b - beta_a)
+    scale = -1.0 / (beta_b - beta_a if over is None else over)
     return tuple(diff[p] * scale if p in diff else None for p in _params(net))
 
 
@@ -158,6 +166,15 @@ def _settle_both_signs(net: EnergyNet, drive, states, steps: int, beta: float, y
     return [s[:n] for s in both], [s[n:] for s in both], used
 
 
+def _second_beta(phases: Phases, generator: torch.Generator | None) -> float:
+    """beta2, its sign drawn at random (one draw per minibatch) with ``random_sign``."""
+    b1, b2 = phases.betas
+    if phases.random_sign and b1 == 0.0:
+        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
+        b2 = sign * b2
+    return b2
+
+
 def ep_grads(
     net: EnergyNet,
     x: torch.Tensor,
@@ -177,11 +194,9 @@ def ep_grads(
     with ``random_sign``). Symmetric (``thirdphase``): nudged at +beta2 vs nudged at -beta2, both
     started from the free equilibrium; this cancels the first-order bias of the estimate.
     """
-    b1, b2 = phases.betas
+    b1 = phases.betas[0]
     drive, free, free_steps = free_phase(net, x, phases.T1, b1, y, init)
-    if phases.random_sign and b1 == 0.0:
-        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
-        b2 = sign * b2
+    b2 = _second_beta(phases, generator)
     # The nudged phases run outside autocast: under bf16 each step's fields carry rounding noise
     # of ~2^-9 of their size, different in the +beta and -beta phases, which swamps the small
     # state differences of the lowest layers (per-tensor cosine 0.07 on the CIFAR-size net with
@@ -203,6 +218,106 @@ def ep_grads(
         grads = phi_param_grads(net, x, y, free, b1, plus, b2)
     _write_grads(net, grads)
     return Estimate(free, free_steps, nudged_steps)
+
+
+def cep_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases,
+              update: Callable[[], None], generator: torch.Generator | None = None,
+              record: dict | None = None) -> Estimate:
+    """Continual EP on a minibatch: T1 free steps, then T2 nudged steps at beta2 (its sign drawn
+    per minibatch with ``random_sign``), updating the weights after every one of them.
+
+    After nudged step t (s_t from s_{t-1} with the current weights, s_0 the free equilibrium)
+    the per-step estimate
+
+        g_t = -(dPhi/dtheta(s_t; beta2) - dPhi/dtheta(s_{t-1}; beta_{t-1})) / (beta2 - beta1)
+
+    (beta_0 = beta1, then beta2) goes to ``.grad`` and ``update()`` applies it (train_epoch: SGD
+    with the layer-wise --lrs, theta <- theta - lr g_t), so the next step relaxes with the moved
+    weights and the moved input drive. With fixed weights the g_t telescope to the one-sided EP
+    estimate, and each is the increment of ``gdu_traces``' "ep_onesided" trace (the GDU check
+    of CEP compares these increments with BPTT's). The one-sided estimate only: no third phase.
+
+    Leaves the sum of the applied g_t in ``.grad`` (the divergence watch reads it); returns the
+    free states with ``applied=True``. `record` (a dict) receives "beta" (the signed beta2) and
+    "steps" (the g_t, a list of per-parameter tuples), for --cep-debug and the tests.
+    """
+    if phases.thirdphase:
+        raise ValueError("CEP is one-sided: its steps move the weights, so there is no second "
+                         "nudged phase from the same weights (use Phases(thirdphase=False))")
+    b1 = phases.betas[0]
+    _, prev, free_steps = free_phase(net, x, phases.T1, b1, y)
+    free = prev
+    b2 = _second_beta(phases, generator)
+    params = _params(net)
+    total = [torch.zeros_like(p) for p in params]
+    steps = []
+    beta_prev = b1
+    for _ in range(phases.T2):
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            drive = net.input_drive(x)  # W_0 moved at the last update
+            new = relax(net, drive, prev, 1, b2, y)
+        _write_grads(net, phi_param_grads(net, x, y, prev, beta_prev, new, b2, over=b2 - b1))
+        update()
+        with torch.no_grad():
+            step_grads = tuple(p.grad.clone() for p in params)
+            for acc, g in zip(total, step_grads):
+                acc += g
+        if record is not None:
+            steps.append(step_grads)
+        prev, beta_prev = new, b2
+    for p, g in zip(params, total):
+        p.grad = g
+    if record is not None:
+        record.update(beta=b2, steps=steps)
+    return Estimate(free, free_steps, phases.T2, applied=True)
+
+
+def cep_vs_ep(net_before: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases,
+              record: dict) -> dict[str, dict[str, float]]:
+    """--cep-debug: per parameter, the summed per-step updates of a CEP minibatch (`record`
+    from ``cep_grads``) against the one-shot one-sided EP estimate of the same minibatch, at the
+    same signed beta2, from the weights before it (`net_before`, a copy that is consumed): their
+    norms, cosine and relative difference |sum - EP| / |EP|. Equal (up to the update's effect
+    on the later steps) when the learning rates are small."""
+    b2 = record["beta"]
+    one_shot = Phases(phases.T1, phases.T2, (phases.betas[0], b2), thirdphase=False)
+    ep_grads(net_before, x, y, one_shot)
+    out = {}
+    names = [n for n, p in net_before.named_parameters() if p.requires_grad]
+    for k, (name, p) in enumerate(zip(names, _params(net_before))):
+        cep = sum(step[k] for step in record["steps"]).flatten()
+        ep = p.grad.flatten()
+        tiny = torch.finfo(ep.dtype).tiny
+        out[name] = {"cep_norm": float(cep.norm()), "ep_norm": float(ep.norm()),
+                     "cosine": float(cep @ ep / (cep.norm() * ep.norm()).clamp_min(tiny)),
+                     "rel_diff": float((cep - ep).norm() / ep.norm().clamp_min(tiny))}
+    return out
+
+
+def cep_step_traces(traces: dict[str, dict[str, torch.Tensor]]
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """The GDU traces of ``gdu_traces`` as per-step increments, for CEP: "cep", the k-th
+    increment of the one-sided EP trace (CEP's update at nudged step k as lr -> 0), and "bptt",
+    the k-th increment of the BPTT trace (what backpropagating through one more step adds)."""
+    def increments(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:1], t[1:] - t[:-1]])
+
+    return {n: {"bptt": increments(tr["bptt"]), "cep": increments(tr["ep_onesided"])}
+            for n, tr in traces.items()}
+
+
+def step_cosines(steps: dict[str, dict[str, torch.Tensor]], key: str = "cep") -> dict[str, list]:
+    """Per parameter, the cosine of trace `key` with BPTT at every step k (per tensor): for the
+    per-step traces of ``cep_step_traces``, whose last increments are near zero once the nudged
+    phase has settled, the final-step cosine of ``gdu_metrics`` alone says little. None where
+    both are zero (a step that has not reached a layer yet)."""
+    out = {}
+    for name, tr in steps.items():
+        e, g = tr[key].flatten(1), tr["bptt"].flatten(1)
+        norms = e.norm(dim=1) * g.norm(dim=1)
+        cos = (e * g).sum(1) / norms.clamp_min(torch.finfo(e.dtype).tiny)
+        out[name] = [None if n == 0 else float(c) for c, n in zip(cos, norms)]
+    return out
 
 
 def settling_steps(net: EnergyNet, x: torch.Tensor, y: torch.Tensor,
@@ -233,13 +348,21 @@ def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases)
 
 
 def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None,
-                   init=None) -> Estimate:
+                   init=None, update: Callable[[], None] | None = None,
+                   record: dict | None = None) -> Estimate:
     """Dispatch on --alg; returns the free states (for the running accuracy) and the steps
-    taken. `init`: the free phase's initial states (EP only; default zero states)."""
+    taken. `init`: the free phase's initial states (EP only; default zero states). `update`:
+    applies ``.grad`` to the weights, which CEP calls at every nudged step (required for CEP,
+    unused otherwise); `record`: see ``cep_grads``."""
     if alg == "EP":
         return ep_grads(net, x, y, phases, generator, init)
     if init is not None:
         raise ValueError(f"initial states (--warm-start) apply to EP, not {alg}")
+    if alg == "CEP":
+        if update is None:
+            raise ValueError("CEP updates the weights at every nudged step: pass update=, the "
+                             "function that applies .grad (e.g. optimizer.step)")
+        return cep_grads(net, x, y, phases, update, generator, record)
     if alg == "BPTT":
         return bptt_grads(net, x, y, phases)
     if alg == "BP":  # the feed-forward baseline (it imports this module: imported here)
@@ -295,7 +418,7 @@ def gdu_metrics(traces: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[st
     for name, tr in traces.items():
         g = tr["bptt"]
         result[name] = {}
-        for key in ("ep_onesided", "ep_symmetric"):
+        for key in [k for k in tr if k != "bptt"]:  # the EP variants (CEP: "cep")
             e = tr[key]
             scale = torch.maximum(e.norm(), g.norm()).clamp_min(1e-30)
             fe, fg = e[-1].flatten(), g[-1].flatten()
