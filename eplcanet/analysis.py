@@ -158,15 +158,23 @@ def strongest_attacks(rows: list[dict]) -> list[dict]:
 
 
 def _robustness_summary(run_dir: Path) -> dict[str, Any]:
-    """Accuracy at the largest radius of each norm (attack.csv): the strongest white-box attack's
+    """Accuracy at the largest radius of each norm (attack.csv, the classifier at the run's --T1
+    steps: ``attacks.deployed_rows``): the strongest white-box attack's
     (``whitebox_<norm>_acc@<eps>``) and, when the table has one, the strongest black-box
     attack's (``blackbox_<norm>_acc@<eps>``); and the mean accuracy over the corruptions
     (corruptions.csv), when the run has them."""
+    import pandas as pd
+
+    from .attacks import deployed_rows
     from .robustness import read_rows
+    from .runs import load_hyperparameters
 
     out: dict[str, Any] = {}
     if (run_dir / "attack.csv").is_file():
-        points = strongest_attacks(read_rows(run_dir / "attack.csv"))
+        rows = pd.DataFrame(read_rows(run_dir / "attack.csv"))
+        t1 = load_hyperparameters(run_dir).get("T1") if (run_dir / "hyperparameters.json"
+                                                         ).is_file() else None
+        points = strongest_attacks(deployed_rows(rows, t1).to_dict("records"))
         for norm in dict.fromkeys(p["norm"] for p in points):
             top = max((p for p in points if p["norm"] == norm), key=lambda p: p["epsilon"])
             for kind in ("white_box", "black_box"):

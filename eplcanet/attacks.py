@@ -428,6 +428,21 @@ class Check:
     flagged_rows: tuple = field(default=())
 
 
+def deployed_rows(table: pd.DataFrame, predict_step: int | None) -> pd.DataFrame:
+    """The rows that attack the classifier as it is used: at ``predict_step`` (the run's --T1)
+    when the table has it, else at the table's largest predict step; every attack step of it.
+
+    A step study's table holds several classifiers (a prediction after 5 relaxation steps is
+    another function than after 20): a minimum over attacks is an upper bound on one
+    classifier's robust accuracy only within one predict step. Tables without the column (one
+    classifier) come back whole."""
+    if "predict_step" not in table.columns or table.empty:
+        return table
+    steps = set(table["predict_step"])
+    chosen = predict_step if predict_step in steps else max(steps)
+    return table[table["predict_step"] == chosen]
+
+
 def _require(table: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:

@@ -132,11 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--epsilons", type=NON_NEGATIVE, nargs="+", default=None,
       help="attack: radii in pixel units (pixels in [0, 1]); needs one --attack-norm (default: "
       "Linf 0 .05 .1 .15 .2 .3 and L2 0 .5 1 1.5 2 3 for grey images, CIFAR-scale for colour)")
-    a("--predict-step", type=int, default=None,
-      help="attack/corrupt: free steps before every prediction (default --T1)")
-    a("--attack-step", type=int, default=None,
+    a("--predict-step", type=COUNT, nargs="+", default=None,
+      help="attack/corrupt: free steps before every prediction (default --T1); several values "
+      "make a step study (attack.csv holds every pair, steps.png draws it)")
+    a("--attack-step", type=COUNT, nargs="+", default=None,
       help="attack: the gradient flows through the last N of the --predict-step steps "
-      "(default all: the exact gradient)")
+      "(default all: the exact gradient); several values: each one up to each --predict-step")
     a("--pgd-steps", type=int, default=20, help="attack: PGD iterations per radius")
     a("--attacks", nargs="+", default=None, metavar="NAME",
       help="attack: ART attacks to run, among pgd apgd-ce apgd-dlr square (default all)")
@@ -296,6 +297,7 @@ def check_feedforward(args: argparse.Namespace) -> None:
     # truncated, which the feed-forward network never needs)
     for flag in ("--T1", "--predict-step", "--attack-step"):
         value = getattr(args, flag[2:].replace("-", "_"))
+        value = min(value) if isinstance(value, list) else value  # the step flags take lists
         if value is not None and value < layers:
             raise SystemExit(f"error: --model FFCNN computes its {layers} layers in {layers} "
                              f"relaxation steps: need {flag} >= {layers}, got {value}")

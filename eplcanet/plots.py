@@ -239,10 +239,73 @@ def plot_robustness(
                 ax.plot(eps, [float(r["accuracy_noise"]) for r in sel], ":", color=colour,
                         label=f"{label}, random noise")
         ax.set(xlabel=f"epsilon ({norm}, pixels in [0, 1])", ylabel="accuracy",
-               title=f"PGD {norm}" if title is None else f"{title}: {norm}", ylim=(-0.02, 1.02))
+               title=norm if title is None else f"{title}: {norm}", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, _target(path, "robustness.png"))
+
+
+def plot_study(summary, path: str | Path) -> Path:
+    """A robustness study (``robustness_study.summarise``'s DataFrame): accuracy against epsilon,
+    the mean over seeds with its 95% CI as a band; one panel per (task, norm), a colour per
+    model, solid for the strongest white-box attack, dashed for the strongest black-box one; a
+    point some seed's masking check flagged is circled."""
+    panels = list(summary.groupby(["task", "norm"], sort=True))
+    if not panels:
+        raise ValueError("the study summary has no rows")
+    fig = Figure(figsize=(5 * len(panels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(sorted(summary["model"].unique()))}
+    for ax, ((task, norm), panel) in zip(axes, panels):
+        for (model, kind), g in panel.groupby(["model", "kind"], sort=True):
+            g = g.sort_values("epsilon")
+            white = kind == "white_box"
+            ax.plot(g["epsilon"], g["mean"], "-" if white else "--", color=colours[model],
+                    label=f"{model}, {kind.replace('_', '-')}")
+            ax.fill_between(g["epsilon"], g["ci_low"], g["ci_high"], color=colours[model],
+                            alpha=0.15 if white else 0.07, linewidth=0)
+            bad = g[g["seeds_flagged"] > 0]
+            ax.plot(bad["epsilon"], bad["mean"], "o", mfc="none", color=colours[model])
+        ax.set(title=f"{task}, {norm} ({int(panel['n_seeds'].min())}+ seeds, "
+                     f"{int(panel['images'].min())}+ images)",
+               xlabel="epsilon (pixels in [0, 1])", ylabel="accuracy under attack",
+               ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, _target(path, "study.png"))
+
+
+def plot_step_study(table, path: str | Path, label: str = "") -> Path:
+    """The step study of an attack table with several (predict_step, attack_step) pairs:
+    accuracy under the strongest white-box attack against the attacker's relaxation steps
+    (attack_step), one line per prediction's steps (predict_step), one panel per (norm, epsilon
+    > 0); the clean accuracy at each predict step is the dotted line of its colour."""
+    from eplcanet.attacks import WHITE_BOX
+
+    wb = table[table["attack"].isin(WHITE_BOX)]
+    best = wb.groupby(["norm", "epsilon", "predict_step", "attack_step"], as_index=False)[
+        "accuracy"].min()
+    attacked = best[best["epsilon"] > 0]
+    panels = list(attacked.groupby(["norm", "epsilon"], sort=True))
+    if not panels:
+        raise ValueError("the table has no white-box attack at a radius > 0")
+    fig = Figure(figsize=(4.5 * len(panels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    clean = best[best["epsilon"] == 0].groupby("predict_step")["accuracy"].max()
+    for ax, ((norm, eps), panel) in zip(axes, panels):
+        for j, (p, g) in enumerate(panel.groupby("predict_step", sort=True)):
+            g = g.sort_values("attack_step")
+            ax.plot(g["attack_step"], g["accuracy"], "o-", color=f"C{j % 10}",
+                    label=f"predict-step {p}")
+            if p in clean.index:
+                ax.axhline(clean[p], ls=":", color=f"C{j % 10}")
+        ax.set(title=f"{label + ', ' if label else ''}{norm} eps {eps:g}",
+               xlabel="attack-step (relaxation steps the gradient flows through)",
+               ylabel="accuracy, strongest white-box attack", ylim=(-0.02, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, _target(path, "steps.png"))
 
 
 def plot_corruptions(rows: str | Path | list[dict[str, Any]], path: str | Path) -> Path:

@@ -406,16 +406,18 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             )
         if not args.epsilons or any(not e >= 0 for e in args.epsilons):
             raise SystemExit(f"error: --epsilons must be numbers >= 0, got {args.epsilons}")
-    if args.predict_step is None:
-        args.predict_step = args.T1
-    if args.predict_step < 1:
-        raise SystemExit(f"error: --predict-step must be >= 1, got {args.predict_step}")
-    # --attack-step's default (--predict-step) is filled by run_todo.
-    if args.attack_step is not None and not 1 <= args.attack_step <= args.predict_step:
-        raise SystemExit(
-            f"error: --attack-step must be in [1, --predict-step "
-            f"({args.predict_step})], got {args.attack_step}"
-        )
+    # Several values of either make a step study (step_pairs); a run saved before the flags took
+    # lists holds one number.
+    args.predict_step = _steps(args.predict_step, [args.T1])
+    args.attack_step = _steps(args.attack_step, None)
+    if min(args.predict_step) < 1:
+        raise SystemExit(f"error: --predict-step must be >= 1, got {_shown(args.predict_step)}")
+    if args.attack_step is not None:
+        top = max(args.predict_step)
+        bad = [a for a in args.attack_step if not 1 <= a <= top]
+        if bad:
+            raise SystemExit(f"error: --attack-step must be in [1, --predict-step ({top})], got "
+                             f"{_shown(bad)}")
     names = tuple(dict.fromkeys(name for name, _, _ in DRIVER_ATTACKS))
     if args.attacks is not None:
         bad = [a for a in args.attacks if a not in names]
@@ -434,6 +436,23 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _steps(value, default):
+    """A step flag as a sorted list without repeats (None: the default)."""
+    if value is None:
+        return default
+    return sorted(set([value] if isinstance(value, int) else value))
+
+
+def _shown(values) -> str:
+    return " ".join(map(str, values))
+
+
+def step_pairs(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The (predict step, attack step) pairs of --todo attack: every --attack-step up to each
+    --predict-step (default: the full gradient, attack step = predict step)."""
+    return [(p, a) for p in args.predict_step for a in (args.attack_step or [p]) if a <= p]
+
+
 def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: Path) -> dict:
     """--todo attack / corrupt on `net`, which holds the run's trained weights (experiment.run
     loads the best model of --load-path before dispatching here).
@@ -445,21 +464,23 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
 
     check_args(args)
     net.eval()
-    if args.attack_step is None:
-        args.attack_step = args.predict_step  # the exact gradient of the prediction
     mean, std = dataset_normalization(splits.test)
+    pairs = step_pairs(args) if args.todo == "attack" else [(p, p) for p in args.predict_step]
+    if not pairs:
+        raise SystemExit(f"error: no --attack-step ({_shown(args.attack_step)}) is within a "
+                         f"--predict-step ({_shown(args.predict_step)})")
     try:
-        model = EquilibriumPredictor(net, args.predict_step, args.attack_step, mean, std)
+        models = [EquilibriumPredictor(net, p, a, mean, std).to(device) for p, a in pairs]
     except ValueError as exc:
         raise SystemExit(f"error: --attack-step / --predict-step: {exc}") from None
-    model = model.to(device)
     n_test = len(splits.test)
     n = n_test if args.attack_samples is None else min(args.attack_samples, n_test)
     order = torch.randperm(n_test, generator=torch.Generator().manual_seed(args.seed))
     pixels, labels = dataset_pixels(splits.test, order[:n].sort().values)
     print(
-        f"{args.todo}: {n} of {n_test} test images, predict-step {args.predict_step}"
-        + (f", attack-step {args.attack_step}" if args.todo == "attack" else "")
+        f"{args.todo}: {n} of {n_test} test images, predict-step {_shown(args.predict_step)}"
+        + (f", (predict, attack) steps {' '.join(f'{p}/{a}' for p, a in pairs)}"
+           if args.todo == "attack" else "")
     )
     if args.todo == "attack":
         norms = NORMS if args.attack_norm == "both" else (args.attack_norm,)
@@ -469,9 +490,10 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
             else default_epsilons(norm, pixels.shape[1])
             for norm in norms
         }
-        rows, csv_path, png = _run_attacks(args, model, pixels, labels, epsilons, run_dir, device)
+        rows, csv_path, png = _run_attacks(args, models, pixels, labels, epsilons, run_dir,
+                                           device)
     else:
-        rows = evaluate_corruptions(
+        rows = [r for model in models for r in evaluate_corruptions(
             model,
             pixels,
             labels,
@@ -479,7 +501,7 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
             args.severities,
             batch_size=max(args.mbs, 256),
             seed=args.seed,
-        )
+        )]
         csv_path = write_rows(rows, CORRUPTION_FIELDS, run_dir / "corruptions.csv")
         png = plots.plot_corruptions(rows, run_dir / "corruptions.png")
         for r in rows:
@@ -500,9 +522,10 @@ DRIVER_ATTACKS = (
 )
 
 
-def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
-    """The ART attacks of DRIVER_ATTACKS on the predictor: attack.csv (with masking_flags),
-    masking_checks.csv (one row per comparison of each check) and attack.png."""
+def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
+    """The ART attacks of DRIVER_ATTACKS on each predictor (one per (predict, attack) steps
+    pair): attack.csv (with masking_flags), masking_checks.csv (one row per comparison of each
+    check) and attack.png; with several pairs also steps.png (plots.plot_step_study)."""
     import warnings
 
     import pandas as pd
@@ -510,19 +533,22 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
     from . import attacks, plots
     from .runs import atomic_write_text
 
-    classifier = attacks.art_classifier(
-        model, tuple(pixels.shape[1:]), model.net.n_classes, device
-    )
     specs = [
         attacks.AttackSpec(name, norm, factor * args.pgd_steps, restarts)
         for norm in epsilons
         for name, factor, restarts in DRIVER_ATTACKS
         if args.attacks is None or name in args.attacks
     ]
-    table = attacks.attack_table(
-        classifier, pixels, labels, specs, epsilons, model.predict_step, model.attack_step,
-        seed=args.seed, batch_size=args.mbs, progress=True,
-    )
+    tables = []
+    for model in models:
+        classifier = attacks.art_classifier(
+            model, tuple(pixels.shape[1:]), model.net.n_classes, device
+        )
+        tables.append(attacks.attack_table(
+            classifier, pixels, labels, specs, epsilons, model.predict_step, model.attack_step,
+            seed=args.seed, batch_size=args.mbs, progress=True,
+        ))
+    table = pd.concat(tables, ignore_index=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checks = attacks.masking_checks(table)
@@ -546,11 +572,16 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
     )
     rows = table.to_dict("records")
     label = _run_label(args)
+    deployed = attacks.deployed_rows(table, args.T1).to_dict("records")
     png = plots.plot_robustness(
-        attack_curves(label, rows), Path(run_dir) / "attack.png", title="ART attacks"
+        attack_curves(label, deployed), Path(run_dir) / "attack.png",
+        title=f"ART attacks, predict-step {deployed[0]['predict_step']}"
     )
+    if len(models) > 1:
+        print(f"wrote {plots.plot_step_study(table, Path(run_dir) / 'steps.png', label)}")
     for r in rows:
         print(
+            f"{r['predict_step']:>3d}/{r['attack_step']:<3d} "
             f"{r['norm']:>4s} eps {r['epsilon']:.4g} {r['attack']:>11s} "
             f"{r['steps']}x{r['restarts']}: "
             f"{100 * r['accuracy']:.1f}% ({r['forwards_per_image']:.0f} relaxations per image)"
@@ -561,12 +592,19 @@ def _run_attacks(args, model, pixels, labels, epsilons, run_dir: Path, device):
 
 def attack_curves(label: str, rows: list[dict]) -> dict[str, list[dict]]:
     """An attack.csv's rows as one curve per attack run, {"LABEL, ATTACK STEPSxRESTARTS": rows},
-    for plots.plot_robustness."""
+    for plots.plot_robustness; the (predict, attack) relaxation steps join the name when the
+    rows hold several (a step study)."""
+    pairs = {(r.get("predict_step"), r.get("attack_step")) for r in rows}
+
     def run(r: dict) -> tuple:
-        return r["attack"], r["steps"], r["restarts"]
+        return (r["attack"], r["steps"], r["restarts"], r.get("predict_step"),
+                r.get("attack_step"))
+
+    def name(a, s, n, p, q) -> str:
+        return f"{label}, {a} {s}x{n}" + (f", steps {p}/{q}" if len(pairs) > 1 else "")
 
     runs = dict.fromkeys(run(r) for r in rows)
-    return {f"{label}, {a} {s}x{n}": [r for r in rows if run(r) == (a, s, n)] for a, s, n in runs}
+    return {name(*key): [r for r in rows if run(r) == key] for key in runs}
 
 
 def _run_label(args: argparse.Namespace) -> str:

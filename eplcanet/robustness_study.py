@@ -11,7 +11,7 @@ point is reported, never dropped.
     study_points(run_dirs)      one row per (run, norm, epsilon, kind): the per-seed numbers
     summarise(points)           one row per (task, model, norm, epsilon, kind): n seeds, mean,
                                 std, CI, seeds flagged, images per seed, the attacks that won
-    plot_study(summary, path)   accuracy vs epsilon with CI bands, one panel per (task, norm)
+    plots.plot_study(summary, path)   accuracy vs epsilon with CI bands, a panel per (task, norm)
     python -m eplcanet.robustness study ROOT... [--out DIR]   both files for the runs below ROOT
 """
 
@@ -22,8 +22,9 @@ from typing import Iterable
 
 import pandas as pd
 
+from . import plots
 from .analysis import find_runs
-from .attacks import BLACK_BOX, WHITE_BOX
+from .attacks import BLACK_BOX, WHITE_BOX, deployed_rows
 from .report import mean_ci, task_of
 from .runs import load_hyperparameters
 
@@ -41,8 +42,9 @@ def model_label(hp: dict) -> str:
 
 def study_points(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """The per-seed numbers: for every run with an attack.csv, at each (norm, epsilon), the
-    accuracy of the strongest attack of each kind, which attack it was, the images attacked and
-    whether a masking check flagged any of the point's rows of that kind. Runs without
+    accuracy of the strongest attack of each kind on the classifier as used (its --T1 relaxation
+    steps; ``attacks.deployed_rows``), which attack it was, the images attacked and whether a
+    masking check flagged any of the point's rows of that kind. Runs without
     attack.csv are skipped; a run whose attack.csv has no attack column (PGD only, written before
     the ART attacks) is refused, since its strongest attack cannot be told."""
     rows = []
@@ -60,6 +62,7 @@ def study_points(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{path}: unknown attack(s) {sorted(unknown)}; known: "
                              f"{', '.join(WHITE_BOX + BLACK_BOX)}")
         hp = load_hyperparameters(run)
+        table = deployed_rows(table, hp.get("T1"))
         flags = table["masking_flags"] if "masking_flags" in table else pd.Series("", table.index)
         table = table.assign(flagged=flags.astype(str).str.len() > 0)
         for kind, names in KINDS.items():
@@ -88,42 +91,6 @@ def summarise(points: pd.DataFrame) -> pd.DataFrame:
                     "seeds_flagged": int(g["flagged"].sum()), "images": int(g["n"].min()),
                     "attacks": " ".join(f"{a}:{c}" for a, c in won.items())})
     return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
-
-
-def plot_study(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Accuracy against epsilon, mean over seeds with the 95% CI as a band; one panel per
-    (task, norm), a colour per model, solid for the strongest white-box attack, dashed for the
-    strongest black-box one; a flagged point is drawn as an open circle."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = list(summary.groupby(["task", "norm"], sort=True))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4),
-                             squeeze=False)
-    colours = {m: f"C{i}" for i, m in enumerate(sorted(summary["model"].unique()))}
-    for ax, ((task, norm), panel) in zip(axes[0], panels):
-        for (model, kind), g in panel.groupby(["model", "kind"], sort=True):
-            g = g.sort_values("epsilon")
-            style = "-" if kind == "white_box" else "--"
-            label = f"{model}, {kind.replace('_', '-')}"
-            ax.plot(g["epsilon"], g["mean"], style, color=colours[model], label=label)
-            ax.fill_between(g["epsilon"], g["ci_low"], g["ci_high"], color=colours[model],
-                            alpha=0.15 if kind == "white_box" else 0.07, linewidth=0)
-            bad = g[g["seeds_flagged"] > 0]
-            ax.plot(bad["epsilon"], bad["mean"], "o", mfc="none", color=colours[model])
-        seeds = int(panel["n_seeds"].min())
-        ax.set(title=f"{task}, {norm} ({seeds}+ seeds, {int(panel['images'].min())}+ images)",
-               xlabel="epsilon (pixels in [0, 1])", ylabel="accuracy under attack", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def format_summary(summary: pd.DataFrame) -> str:
@@ -157,5 +124,5 @@ def write_study(roots: Iterable[str | Path],
     files = {"points": out / "study_points.csv", "summary": out / "study.csv"}
     atomic_write_text(points.to_csv(index=False, lineterminator="\n"), files["points"])
     atomic_write_text(summary.to_csv(index=False, lineterminator="\n"), files["summary"])
-    files["figure"] = plot_study(summary, out / "study.png")
+    files["figure"] = plots.plot_study(summary, out / "study.png")
     return files, summary

@@ -284,9 +284,13 @@ def test_robustness_flags_are_checked_before_any_work(extra, match, capsys):
 
 def test_robustness_flag_defaults_and_choices(capsys):
     args = parse_args(["--todo", "attack", "--load-path", "r", "--T1", "12", "--T2", "5"])
-    assert (args.predict_step, args.attack_step, args.attack_norm) == (12, None, "both")
+    assert (args.predict_step, args.attack_step, args.attack_norm) == ([12], None, "both")
+    assert rb.step_pairs(args) == [(12, 12)]  # the full gradient by default
     args = parse_args(["--todo", "corrupt", "--load-path", "r", "--predict-step", "3"])
-    assert (args.predict_step, args.attack_step) == (3, None)  # run_todo: T2, >= the layers
+    assert (args.predict_step, args.attack_step) == ([3], None)
+    args = parse_args(["--todo", "attack", "--load-path", "r", "--predict-step", "8", "4", "8",
+                       "--attack-step", "2", "6"])
+    assert rb.step_pairs(args) == [(4, 2), (8, 2), (8, 6)]  # sorted, no repeats, a <= p
     assert args.corruptions == list(rb.CORRUPTIONS) and args.severities == [1, 2, 3, 4, 5]
     for bad in (["--corruptions", "fog"], ["--severities", "6"], ["--attack-norm", "L1"]):
         with pytest.raises(SystemExit):
@@ -412,3 +416,42 @@ def test_predictor_differentiates_through_the_lca_frontend():
     # The code a is the only path from the pixels to the logits: a non-zero gradient went
     # through the LCA solver.
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+
+
+def test_deployed_rows_keep_the_classifier_as_used():
+    import pandas as pd
+
+    from eplcanet.attacks import deployed_rows
+
+    table = pd.DataFrame({"predict_step": [3, 3, 6, 6], "attack_step": [3, 2, 6, 3],
+                          "accuracy": [0.1, 0.2, 0.5, 0.6]})
+    assert deployed_rows(table, 6)["accuracy"].tolist() == [0.5, 0.6]  # the run's --T1
+    assert deployed_rows(table, 3)["accuracy"].tolist() == [0.1, 0.2]
+    assert deployed_rows(table, 10)["accuracy"].tolist() == [0.5, 0.6]  # else the largest
+    assert len(deployed_rows(table.drop(columns="predict_step"), 6)) == 4
+
+
+@pytest.mark.slow
+def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tmp_path):
+    import pandas as pd
+
+    from eplcanet.analysis import run_summary
+
+    arch = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
+    run(parse_args([*arch, "--epochs", "1", "--save", "--results-dir", str(tmp_path)]), argv=[])
+    (run_dir,) = tmp_path.glob("digits/EP/CNN/*/run_1")
+    attack = ["--todo", "attack", "--load-path", str(run_dir), "--attacks", "pgd",
+              "--attack-samples", "32", "--pgd-steps", "3", "--attack-norm", "Linf",
+              "--epsilons", "0", "0.2", "--device", "cpu"]
+    run(parse_args([*attack, "--predict-step", "6"]), argv=[])
+    alone = pd.read_csv(run_dir / "attack.csv")
+    run(parse_args([*attack, "--predict-step", "3", "6", "--attack-step", "3", "6"]), argv=[])
+    study = pd.read_csv(run_dir / "attack.csv")
+    pairs = sorted(set(zip(study["predict_step"], study["attack_step"])))
+    assert pairs == [(3, 3), (6, 3), (6, 6)]
+    assert (run_dir / "steps.png").stat().st_size > 0
+    # the full-gradient rows at the run's T1 are the single-classifier attack, number for number
+    full = study[(study["predict_step"] == 6) & (study["attack_step"] == 6)]
+    assert full["accuracy"].tolist() == alone["accuracy"].tolist()
+    at_t1 = study[(study["predict_step"] == 6) & (study["epsilon"] == 0.2)]["accuracy"].min()
+    assert run_summary(run_dir)["whitebox_Linf_acc@0.2"] == pytest.approx(at_t1)
