@@ -1,7 +1,8 @@
 """Holomorphic EP (--alg hEP, eplcanet.energy.holomorphic) against the exact gradient of the loss
-at the free equilibrium, computed independently by implicit differentiation: the fixed point
-s* = sigma(dPhi/ds(s*)) with dPhi/ds by autograd of EnergyNet.phi (not the closed forms the
-relaxation uses), its Jacobian J by autograd, and
+at the free equilibrium, computed independently by implicit differentiation
+(``eplcanet.estimator_bias.implicit_grads``): the fixed point s* = sigma(dPhi/ds(s*)) with
+dPhi/ds by autograd of EnergyNet.phi (not the closed forms the relaxation uses), its Jacobian J
+by autograd, and
 
     dL/dtheta = dL/dtheta|_s* + lambda^T dF/dtheta,   (I - J)^T lambda = dL/ds*.
 
@@ -12,40 +13,19 @@ import pytest
 import torch
 
 from eplcanet.cli import parse_args
-from eplcanet.energy.dynamics import relax_autograd
+from eplcanet.energy.activations import ACTIVATIONS
 from eplcanet.energy.holomorphic import check_holomorphic, complex_dtype, hep_grads
-from eplcanet.energy.learning import Phases, _params, ep_grads, estimate_grads
+from eplcanet.energy.learning import Phases, _params, bptt_grads, ep_grads, estimate_grads
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
+from eplcanet.estimator_bias import implicit_grads
 from eplcanet.experiment import run
 
 D = torch.float64
 STEPS = 60  # free and nudged steps: converged to float64 rounding on these nets
 
 
-def exact_grads(net, x, y, steps=2 * STEPS):
-    """dLoss/dtheta at the free equilibrium by implicit differentiation (see the module doc)."""
-    with torch.no_grad():
-        free = relax_autograd(net, x, net.init_states(x.shape[0]), steps)
-    shapes, sizes = [s.shape for s in free], [s.numel() for s in free]
-
-    def unflat(z):
-        return [c.view(shape) for c, shape in zip(torch.split(z, sizes), shapes)]
-
-    def fixed_point_map(z):
-        states = unflat(z)
-        grads = torch.autograd.grad(net.phi(x, states).sum(), states, create_graph=True)
-        return torch.cat([net.act(g).flatten() for g in grads])
-
-    z = torch.cat([s.flatten() for s in free]).detach().requires_grad_(True)
-    assert float((fixed_point_map(z) - z).detach().abs().max()) < 1e-13  # an equilibrium indeed
-    jac = torch.autograd.functional.jacobian(fixed_point_map, z)
-    params = _params(net)
-    loss = net.loss_per_sample(unflat(z), y).mean()
-    dl = torch.autograd.grad(loss, [z, *params], allow_unused=True)
-    lam = torch.linalg.solve((torch.eye(z.numel(), dtype=D) - jac).T, dl[0])
-    df = torch.autograd.grad(fixed_point_map(z), params, grad_outputs=lam, allow_unused=True)
-    return [sum(g for g in (a, b) if g is not None) + torch.zeros_like(p)
-            for a, b, p in zip(dl[1:], df, params)]
+def exact_grads(net, x, y):
+    return implicit_grads(net, x, y, 2 * STEPS)
 
 
 def mlp():
@@ -68,6 +48,16 @@ NETS = {"P_MLP": mlp, "P_CNN": cnn}
 def case(request):
     net, x, y = NETS[request.param]()
     return net, x, y, exact_grads(net, x, y)
+
+
+def test_the_reference_is_bptt_through_a_converged_relaxation():
+    """The implicit-differentiation reference agrees with a second one: backprop through the
+    last 150 of 250 free steps (truncated BPTT, converged so truncation does not matter)."""
+    net, x, y = mlp()
+    ref = exact_grads(net, x, y)
+    bptt_grads(net, x, y, Phases(250, 150, (0.0, 0.5)))
+    for p, r in zip(_params(net), ref):
+        torch.testing.assert_close(p.grad, r, rtol=1e-9, atol=1e-13)
 
 
 def phases(radius, batch_phases=True):
@@ -193,7 +183,31 @@ def test_cli_refuses_fewer_than_two_points(capsys):
 
 
 def test_trains_a_tiny_mlp_on_digits_above_chance(tmp_path):
-    argv = ("--alg hEP --model MLP --archi 64 32 10 --act sigmoid --lrs 0.5 0.5 --T1 20 --T2 8 "
+    argv = ("--alg hEP --model MLP --archi 64 32 10 --act sigmoid --lrs 0.5 0.5 --T1 15 --T2 6 "
             f"--epochs 1 --device cpu --results-dir {tmp_path}").split()
     result = run(parse_args(argv), argv)
     assert result["test_acc"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("name, reference", [("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
+                                             ("mysig", lambda z: torch.sigmoid(4 * z - 2))])
+def test_complex_activations_are_the_holomorphic_extensions(name, reference):
+    """The real-arithmetic complex activations equal torch's complex functions where those are
+    finite (to float64 rounding, also near 0 and near the real axis), and their limits where
+    torch's overflow to NaN; real inputs still go to torch's real functions."""
+    act = ACTIVATIONS[name]
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(2, 500, generator=g, dtype=D) * scale for scale in (0.3, 3.0, 30.0)]
+    z = torch.cat([torch.complex(a, 0.4 * b) for a, b in parts])
+    z = torch.cat([z, torch.tensor([1e-9 + 1e-12j, -1e-9 + 1e-12j, 1e-3j, 0.2 + 1e-10j],
+                                   dtype=torch.complex128)])
+    ours, ref = act(z), reference(z)
+    finite = torch.isfinite(ref)
+    assert finite.float().mean() > 0.9
+    rel = (ours - ref).abs() / ref.abs().clamp_min(1e-300)
+    assert float(rel[finite].max()) < 1e-13
+    far = torch.tensor([800 + 0.3j, -800 - 0.1j], dtype=torch.complex128)
+    limits = {"sigmoid": [1, 0], "tanh": [1, -1], "mysig": [1, 0]}[name]
+    torch.testing.assert_close(act(far), torch.tensor(limits, dtype=torch.complex128))
+    x = torch.randn(50, generator=g, dtype=D)
+    assert torch.equal(act(x), reference(x))
