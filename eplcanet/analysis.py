@@ -131,7 +131,9 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
 def strongest_attacks(rows: list[dict]) -> list[dict]:
     """The strongest attack at each (norm, epsilon) of an attack.csv's rows: one dict per point
     with the minimum accuracy over the white-box attacks (``attacks.WHITE_BOX``) and over the
-    black-box ones (``attacks.BLACK_BOX``, None where none ran), and which attack reached each.
+    black-box ones (``attacks.BLACK_BOX``, None where none ran) that saw as many images as the
+    point's largest attack (HopSkipJump on a subset does not count), and which attack reached
+    each.
 
     Every attack's accuracy is an upper bound on the robust accuracy, so the minimum over them
     is the tightest the table holds; black-box attacks are kept apart because they measure
@@ -141,6 +143,10 @@ def strongest_attacks(rows: list[dict]) -> list[dict]:
     from .attacks import BLACK_BOX, WHITE_BOX
 
     points: dict[tuple[str, float], dict] = {}
+    most: dict[tuple[str, float], int] = {}  # the most images any attack saw at each point
+    for r in rows:
+        key = (r["norm"], float(r["epsilon"]))
+        most[key] = max(most.get(key, 0), int(r.get("n", 0)))
     for r in rows:
         key = (r["norm"], float(r["epsilon"]))
         p = points.setdefault(key, {"norm": key[0], "epsilon": key[1], "white_box_accuracy": None,
@@ -152,6 +158,8 @@ def strongest_attacks(rows: list[dict]) -> list[dict]:
             raise ValueError(f"attack.csv row with unknown attack {attack!r}; known: "
                              f"{', '.join(WHITE_BOX + BLACK_BOX)}")
         acc = float(r["accuracy"])
+        if kind == "black_box" and int(r.get("n", 0)) < most.get(key, 0):
+            continue  # on a subset of the images (HopSkipJump): not comparable
         if p[f"{kind}_accuracy"] is None or acc < p[f"{kind}_accuracy"]:
             p[f"{kind}_accuracy"], p[f"{kind}_attack"] = acc, attack
     return sorted(points.values(), key=lambda p: (p["norm"], p["epsilon"]))

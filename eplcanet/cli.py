@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
       "(default all: the exact gradient); several values: each one up to each --predict-step")
     a("--pgd-steps", type=int, default=20, help="attack: PGD iterations per radius")
     a("--attacks", nargs="+", default=None, metavar="NAME",
-      help="attack: ART attacks to run, among pgd apgd-ce apgd-dlr square (default all)")
+      help="attack: ART attacks to run, among pgd apgd-ce apgd-dlr square hopskipjump "
+      "(default all)")
+    a("--hsj-samples", type=number(int, low=0), default=100,
+      help="attack: HopSkipJump (decision-based, thousands of predictions per image) runs on "
+      "the first N attacked images (0: not at all)")
     a("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS,
       metavar="NAME", help=f"corrupt: among {' '.join(CORRUPTIONS)}")
     a("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES,

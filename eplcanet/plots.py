@@ -248,8 +248,9 @@ def plot_robustness(
 def plot_study(summary, path: str | Path) -> Path:
     """A robustness study (``robustness_study.summarise``'s DataFrame): accuracy against epsilon,
     the mean over seeds with its 95% CI as a band; one panel per (task, norm), a colour per
-    model, solid for the strongest white-box attack, dashed for the strongest black-box one; a
-    point some seed's masking check flagged is circled."""
+    model, solid for the strongest white-box attack, dashed for the score-based black-box one
+    (Square), dotted for the decision-based one (HopSkipJump); a point some seed's masking check
+    flagged is circled."""
     panels = list(summary.groupby(["task", "norm"], sort=True))
     if not panels:
         raise ValueError("the study summary has no rows")
@@ -260,7 +261,8 @@ def plot_study(summary, path: str | Path) -> Path:
         for (model, kind), g in panel.groupby(["model", "kind"], sort=True):
             g = g.sort_values("epsilon")
             white = kind == "white_box"
-            ax.plot(g["epsilon"], g["mean"], "-" if white else "--", color=colours[model],
+            style = "-" if white else "--" if kind == "score_based" else ":"
+            ax.plot(g["epsilon"], g["mean"], style, color=colours[model],
                     label=f"{model}, {kind.replace('_', '-')}")
             ax.fill_between(g["epsilon"], g["ci_low"], g["ci_high"], color=colours[model],
                             alpha=0.15 if white else 0.07, linewidth=0)

@@ -418,7 +418,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if bad:
             raise SystemExit(f"error: --attack-step must be in [1, --predict-step ({top})], got "
                              f"{_shown(bad)}")
-    names = tuple(dict.fromkeys(name for name, _, _ in DRIVER_ATTACKS))
+    names = (*dict.fromkeys(name for name, _, _ in DRIVER_ATTACKS), "hopskipjump")
     if args.attacks is not None:
         bad = [a for a in args.attacks if a not in names]
         if bad or not args.attacks:
@@ -520,6 +520,10 @@ DRIVER_ATTACKS = (
     ("apgd-dlr", 1, 1),
     ("square", 10, 1),
 )
+# HopSkipJump, decision-based (it reads predicted labels only), runs once per norm on the first
+# --hsj-samples attacked images: --pgd-steps iterations of HSJ_EVALS predictions per gradient
+# estimate (ART's default, 10000, is out of reach through a relaxation), read at every radius.
+HSJ_EVALS = 100
 
 
 def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
@@ -539,6 +543,8 @@ def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
         for name, factor, restarts in DRIVER_ATTACKS
         if args.attacks is None or name in args.attacks
     ]
+    wanted = args.attacks is None or "hopskipjump" in args.attacks
+    hsj = min(args.hsj_samples, len(pixels)) if wanted else 0
     tables = []
     for model in models:
         classifier = attacks.art_classifier(
@@ -548,6 +554,13 @@ def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
             classifier, pixels, labels, specs, epsilons, model.predict_step, model.attack_step,
             seed=args.seed, batch_size=args.mbs, progress=True,
         ))
+        if hsj:
+            decision = [attacks.AttackSpec("hopskipjump", norm, args.pgd_steps, 1, HSJ_EVALS)
+                        for norm in epsilons]
+            tables.append(attacks.attack_table(
+                classifier, pixels[:hsj], labels[:hsj], decision, epsilons, model.predict_step,
+                model.attack_step, seed=args.seed, batch_size=args.mbs, progress=True,
+            ))
     table = pd.concat(tables, ignore_index=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

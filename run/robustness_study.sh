@@ -12,10 +12,11 @@
 # (EP behind an LCA sparse-coding frontend), bp_ffcnn (the same layers feed-forward, trained with
 # backprop: the baseline). Without DATA the offline digits are used.
 # Settings (environment): SEEDS ("0 1 2"), EPOCHS, N_IMAGES (first N images of DATA; 0 = all),
-# SAMPLES (test images attacked per seed; the study wants >= 1000), PGD_STEPS, ATTACKS (names for
-# --attacks; default all), NORM (Linf | L2 | both), EPSILONS (radii of that one norm), DEVICE
-# (auto), OUT (./results/robustness_study/<data>). The results: OUT/study/study.csv (one row
-# per model, norm, radius and attack kind), study_points.csv (per seed) and study.png.
+# SAMPLES (test images attacked per seed; the study wants >= 1000), PGD_STEPS, HSJ_SAMPLES (the
+# images HopSkipJump attacks, default 100), ATTACKS (names for --attacks; default all), NORM
+# (Linf | L2 | both), EPSILONS (radii of that one norm), DEVICE (auto), OUT
+# (./results/robustness_study/<data>). The results: OUT/study/study.csv (one row per model,
+# norm, radius and attack kind), study_points.csv (per seed) and study.png.
 # A run holding best.pt is not trained again and one holding attack.csv is not attacked again,
 # so the script finishes what an interrupted one left; REDO_ATTACKS=1 attacks again.
 set -euo pipefail
@@ -25,7 +26,8 @@ DATA=${1:-}
 shift $(( $# > 0 ? 1 : 0 ))
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  : "${SEEDS:=0 1}" "${EPOCHS:=3}" "${SAMPLES:=64}" "${PGD_STEPS:=3}" "${ATTACKS:=pgd square}"
+  : "${SEEDS:=0 1}" "${EPOCHS:=3}" "${SAMPLES:=64}" "${PGD_STEPS:=3}" "${HSJ_SAMPLES:=8}"
+  : "${ATTACKS:=pgd square hopskipjump}"
   : "${NORM:=Linf}" "${EPSILONS:=0 0.1 0.3}" "${DEVICE:=cpu}"
   NET=(--channels 4 8 --kernels 3 3 --paddings 1 1 --pools mm --fc 10 --T1 6 --T2 2 --mbs 32
        --lrs 0.5 0.3 0.2 --mmt 0.9)
@@ -63,7 +65,8 @@ else
   OUT=${OUT:-./results/robustness_study/digits}
   TASK=(--task digits)
 fi
-ATTACK=(--attack-samples "$SAMPLES" --pgd-steps "$PGD_STEPS" --attack-norm "$NORM")
+ATTACK=(--attack-samples "$SAMPLES" --pgd-steps "$PGD_STEPS" --attack-norm "$NORM"
+        --hsj-samples "${HSJ_SAMPLES:-100}")
 # shellcheck disable=SC2206  # word lists
 [ -n "${ATTACKS:-}" ] && ATTACK+=(--attacks $ATTACKS)
 # shellcheck disable=SC2206

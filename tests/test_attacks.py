@@ -234,6 +234,17 @@ def test_check_black_box_not_better():
     assert res.numbers["best_black_box"].tolist() == ["square"] * 3
 
 
+def test_check_black_box_compares_the_same_images_only():
+    """HopSkipJump on a subset of the images is not compared with white-box numbers on all of
+    them (the subset's accuracy differs by sampling alone); Square on the same images is."""
+    wb = _curve("pgd", [0.9, 0.6, 0.4], n=100)
+    subset = _curve("hopskipjump", [0.9, 0.1, 0.0], n=10)
+    assert at.check_black_box_not_better(_table(wb + subset)).passed
+    res = at.check_black_box_not_better(_table(wb + subset + _curve("square", [0.9, 0.3, 0.1],
+                                                                      n=100)))
+    assert not res.passed and res.numbers["best_black_box"].tolist() == ["square"] * 3
+
+
 def test_check_full_gradient_not_weaker():
     full = _curve("pgd", [0.9, 0.3, 0.0], predict_step=20, attack_step=20)
     trunc = _curve("pgd", [0.9, 0.5, 0.1], predict_step=20, attack_step=4)

@@ -320,6 +320,8 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
                 "--epsilons",
                 "0",
                 "0.3",
+                "--hsj-samples",
+                "8",
             ]
         ),
         argv=[],
@@ -330,14 +332,17 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
 
     table = pd.read_csv(run_dir / "attack.csv", keep_default_na=False)
     assert list(table.columns) == [*RESULT_COLUMNS, "masking_flags"]
-    runs = [(a, s * 3, r) for a, s, r in rb.DRIVER_ATTACKS]
+    runs = [(a, s * 3, r) for a, s, r in rb.DRIVER_ATTACKS] + [("hopskipjump", 3, 1)]
     assert list(zip(table["attack"], table["steps"], table["restarts"], table["epsilon"])) == [
         (*run, eps) for run in runs for eps in (0.0, 0.3)
     ]
-    assert (table["n"] == 40).all() and (table["norm"] == "Linf").all()
+    hsj = table["attack"] == "hopskipjump"  # on the first 8 of the 40 attacked images
+    assert (table[~hsj]["n"] == 40).all() and (table[hsj]["n"] == 8).all()
+    assert (table["norm"] == "Linf").all()
     assert (table["predict_step"] == 6).all() and (table["attack_step"] == 6).all()
     at0, at3 = table[table["epsilon"] == 0], table[table["epsilon"] == 0.3]
-    assert at0["accuracy"].nunique() == 1  # eps 0: every attack leaves the clean accuracy
+    # eps 0: every attack leaves the clean accuracy (of its images)
+    assert at0[~hsj]["accuracy"].nunique() == 1
     assert (at3["accuracy"].to_numpy() <= at0["accuracy"].to_numpy()).all()
     curves = rb.attack_curves("EP", rb.read_rows(run_dir / "attack.csv"))
     assert [len(c) for c in curves.values()] == [2] * len(runs)

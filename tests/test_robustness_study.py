@@ -28,7 +28,8 @@ def _attacked_run(root: Path, name: str, hp: dict, accs: dict, flagged=()) -> Pa
     run = root / name
     run.mkdir(parents=True)
     save_hyperparameters(run, hp, ["main_fast.py"])
-    rows = [{"attack": a, "norm": norm, "epsilon": eps, "accuracy": acc, "n": 100, "steps": 5,
+    rows = [{"attack": a, "norm": norm, "epsilon": eps, "accuracy": acc,
+             "n": 10 if a == "hopskipjump" else 100, "steps": 5,
              "restarts": 1, "predict_step": 10, "attack_step": 10, "forwards_per_image": 5,
              "gradients_per_image": 5, "masking_flags": "accuracy_vanishes"
              if (a, norm, eps) in flagged else ""}
@@ -51,7 +52,8 @@ def study(tmp_path) -> Path:
     for model, alg in (("CNN", "EP"), ("FFCNN", "BP")):
         for seed in range(3):
             accs = {(a, "Linf", eps): float(rng.uniform(0, 1))
-                    for eps in (0.1, 0.2) for a in ("pgd", "apgd-ce", "apgd-dlr", "square")}
+                    for eps in (0.1, 0.2)
+                    for a in ("pgd", "apgd-ce", "apgd-dlr", "square", "hopskipjump")}
             accs[("pgd", "Linf", 0.0)] = 0.9 + 0.01 * seed
             flagged = [("apgd-ce", "Linf", 0.2)] if seed == 1 and model == "CNN" else []
             _attacked_run(tmp_path / model, f"seed_{seed}/run_1",
@@ -62,18 +64,22 @@ def study(tmp_path) -> Path:
 
 def test_each_seed_gives_its_strongest_attack_and_the_summary_its_mean_and_ci(study):
     points = rs.study_points(sorted(study.glob("*/seed_*/run_1")))
-    assert len(points) == 2 * 3 * (3 + 2)  # models x seeds x (white-box eps 0 .1 .2, black .1 .2)
+    # models x seeds x (white-box at eps 0 .1 .2; score- and decision-based at .1 .2)
+    assert len(points) == 2 * 3 * (3 + 2 + 2)
     for run in sorted(study.glob("*/seed_*/run_1")):
         table = pd.read_csv(run / "attack.csv")
-        wb = table[table["attack"] != "square"].groupby("epsilon")["accuracy"].min()
-        mine = points[(points["run"] == str(run)) & (points["kind"] == "white_box")]
-        assert mine.set_index("epsilon")["accuracy"].to_dict() == pytest.approx(wb.to_dict())
+        for kind, names in (("white_box", ["pgd", "apgd-ce", "apgd-dlr"]),
+                            ("score_based", ["square"]), ("decision_based", ["hopskipjump"])):
+            want = table[table["attack"].isin(names)].groupby("epsilon")["accuracy"].min()
+            mine = points[(points["run"] == str(run)) & (points["kind"] == kind)]
+            assert mine.set_index("epsilon")["accuracy"].to_dict() == pytest.approx(want.to_dict())
     summary = rs.summarise(points)
     for _, row in summary.iterrows():
         per_seed = points[(points["model"] == row["model"]) & (points["epsilon"] == row["epsilon"])
                           & (points["kind"] == row["kind"])]["accuracy"].tolist()
         mean, half = _hand(per_seed)
-        assert row["n_seeds"] == 3 and row["images"] == 100
+        assert row["n_seeds"] == 3
+        assert row["images"] == (10 if row["kind"] == "decision_based" else 100)
         assert row["mean"] == pytest.approx(mean)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
     flagged = summary[summary["seeds_flagged"] > 0]
@@ -88,7 +94,7 @@ def test_the_command_writes_the_tables_and_figure(study, tmp_path, capsys):
     assert "EP CNN Linf eps 0.2" in out and "FLAGGED in 1 seed(s)" in out
     for name in ("study.csv", "study_points.csv", "study.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    assert len(pd.read_csv(tmp_path / "out" / "study.csv")) == 2 * (3 + 2)
+    assert len(pd.read_csv(tmp_path / "out" / "study.csv")) == 2 * (3 + 2 + 2)
 
 
 def test_bad_input_is_refused(tmp_path, capsys):
@@ -120,7 +126,10 @@ def test_the_quick_study_script_trains_attacks_and_aggregates(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = pd.read_csv(tmp_path / "study" / "study.csv")
     assert set(summary["model"]) == {"EP CNN", "BPTT CNN", "EP LCACNN", "BP FFCNN"}
-    assert (summary["n_seeds"] == 2).all() and (summary["images"] == 64).all()
+    assert (summary["n_seeds"] == 2).all()
+    hsj = summary["kind"] == "decision_based"  # HopSkipJump on the first 8 images
+    assert (summary[hsj]["images"] == 8).all() and (summary[~hsj]["images"] == 64).all()
+    assert set(summary["kind"]) == {"white_box", "score_based", "decision_based"}
     wb = summary[summary["kind"] == "white_box"].set_index(["model", "epsilon"])["mean"]
     for model in ("EP CNN", "BP FFCNN"):  # trained well above chance, broken by a large ball
         assert wb[(model, 0.0)] > 0.3 and wb[(model, 0.3)] < wb[(model, 0.0)]
