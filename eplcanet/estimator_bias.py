@@ -1,17 +1,20 @@
 """The bias of the EP estimators against the exact gradient, and their cost per minibatch.
 
     python -m eplcanet.estimator_bias [--figure images/estimator_bias.png] [--repeats 5]
+                                      [--threads 1]
 
 prints two markdown tables (docs/estimators.md): the per-tensor relative error of one-sided,
 symmetric and holomorphic EP (N = 4, 8) at each |beta| on a 64-32-10 sigmoid MLP and eight
-digits images, in float64, against the gradient of the loss at the free equilibrium by implicit
+digits images, in float64 (and two of them in float32), against the gradient of the loss at the free equilibrium by implicit
 differentiation (``implicit_grads``); and the time of one minibatch of each estimator on a digits
-MLP and CNN (median of --repeats). --figure also draws the errors against |beta|.
+MLP and CNN (median of --repeats, on --threads threads). --figure also draws the errors against
+|beta|.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -91,22 +94,30 @@ def digits_batch(n: int = 8):
 
 
 def bias_rows(radii=RADII, steps: int = 100) -> dict[str, list[list[float]]]:
-    """Per estimator label, per radius: the per-tensor relative errors on the 64-32-10 MLP."""
+    """Per estimator label, per radius: the per-tensor relative errors on the 64-32-10 MLP, in
+    float64, and for symmetric EP and hEP N=4 also in float32 (against the same float64
+    gradient: bias plus float32 rounding)."""
     torch.manual_seed(0)
     net = P_MLP([64, 32, 10], act="sigmoid", softmax=True, loss="cel").double()
     x, y = digits_batch()
     ref = implicit_grads(net, x, y, 2 * steps)
-    rows: dict[str, list[list[float]]] = {label: [] for label, _ in ESTIMATORS}
+    net32 = copy.deepcopy(net).float()
+    runs = [(label, points, net, x) for label, points in ESTIMATORS]
+    runs += [(f"{label}, float32", points, net32, x.float()) for label, points in
+             (ESTIMATORS[1], ESTIMATORS[2])]
+    rows: dict[str, list[list[float]]] = {label: [] for label, *_ in runs}
     for r in radii:
         phases = Phases(steps, steps, (0.0, r))
-        for label, points in ESTIMATORS:
-            rows[label].append(relative_errors(estimate(net, x, y, label, points, phases), ref))
+        for label, points, model, inputs in runs:
+            est = estimate(model, inputs, y, label, points, phases)
+            rows[label].append(relative_errors([e.double() for e in est], ref))
     return rows
 
 
 def cost_rows(repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Seconds per minibatch (median of `repeats`, after one warm-up) of each estimator (and
-    hEP N=2) on a 64-256-10 MLP and a 16-32 channel average-pooled CNN, digits-sized random
+    """Seconds per minibatch (median of `repeats`, after one warm-up; the estimators take turns,
+    so a load that comes and goes on a shared machine falls on all of them) of each estimator
+    (and hEP N=2) on a 64-256-10 MLP and a 16-32 channel average-pooled CNN, digits-sized random
     inputs, batch 32, T1 = 20, T2 = 8, float32."""
     torch.manual_seed(0)
     nets = {"MLP 64-256-10": (P_MLP([64, 256, 10], act="sigmoid", softmax=True, loss="cel"),
@@ -116,16 +127,16 @@ def cost_rows(repeats: int = 5) -> dict[str, dict[str, float]]:
                                torch.rand(32, 1, 8, 8))}
     y = torch.randint(0, 10, (32,))
     phases = Phases(20, 8, (0.0, 0.5))
+    which = (ESTIMATORS[0], ESTIMATORS[1], ("hEP N=2", 2), *ESTIMATORS[2:])
     out: dict[str, dict[str, float]] = {}
     for name, (net, x) in nets.items():
-        out[name] = {}
-        for label, points in (ESTIMATORS[0], ESTIMATORS[1], ("hEP N=2", 2), *ESTIMATORS[2:]):
-            times = []
-            for _ in range(repeats + 1):
+        times: dict[str, list[float]] = {label: [] for label, _ in which}
+        for _ in range(repeats + 1):
+            for label, points in which:
                 t = time.perf_counter()
                 estimate(net, x, y, label, points, phases)
-                times.append(time.perf_counter() - t)
-            out[name][label] = statistics.median(times[1:])
+                times[label].append(time.perf_counter() - t)
+        out[name] = {label: statistics.median(t[1:]) for label, t in times.items()}
     return out
 
 
@@ -136,10 +147,12 @@ def draw(rows, radii, path: Path) -> Path:
     fig = Figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
     for label, errors in rows.items():
-        ax.loglog(radii, [max(e) for e in errors], marker="o", label=label)
+        ax.loglog(radii, [max(e) for e in errors], marker="o", label=label,
+                  linestyle="--" if "float32" in label else "-")
     ax.set_xlabel("|beta|")
     ax.set_ylabel("max per-tensor relative error")
-    ax.set_title("EP estimators vs the exact gradient (64-32-10 MLP, float64)")
+    ax.set_title("EP estimators vs the exact gradient\n64-32-10 sigmoid MLP, 8 digits images",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -153,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figure", type=Path, default=None, help="also draw the errors here (PNG)")
     p.add_argument("--repeats", type=int, default=5, help="timed minibatches per estimator")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the timings (1: other jobs on a shared machine do "
+                        "not stall a thread team)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = bias_rows()
-    print("| estimator | " + " | ".join(f"|beta| = {r:g}" for r in RADII) + " |")
+    print("| estimator | " + " | ".join(f"r = {r:g}" for r in RADII) + " |")
     print("|---|" + "---|" * len(RADII))
     for label, errors in rows.items():
         cells = [f"{max(e):.1e} ({statistics.median(e):.1e})" for e in errors]

@@ -15,7 +15,8 @@ import torch
 from eplcanet.cli import parse_args
 from eplcanet.energy.activations import ACTIVATIONS
 from eplcanet.energy.holomorphic import check_holomorphic, complex_dtype, hep_grads
-from eplcanet.energy.learning import Phases, _params, bptt_grads, ep_grads, estimate_grads
+from eplcanet.energy.learning import (Phases, _params, bptt_grads, ep_grads, estimate_grads,
+                                      gdu_traces)
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 from eplcanet.estimator_bias import implicit_grads
 from eplcanet.experiment import run
@@ -100,6 +101,19 @@ def test_error_falls_with_the_number_of_points(case):
     for a, b, c in zip(e2, e4, e8):  # the aliasing error is O(r^N): orders of magnitude here
         assert b < a / 5 and c < b / 20, (e2, e4, e8)
     assert max(e8) < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_short_nudged_phases_give_bptt_through_as_many_steps(k):
+    """Each T2-step nudged state is holomorphic in beta too, so hEP with T2 = k is d/dbeta of
+    the k-step estimate: by the GDU theorem, the gradient backpropagated through k free steps
+    from the free equilibrium (learning.gdu_traces' BPTT), without EP's finite-beta bias."""
+    net, x, y = mlp()
+    traces = gdu_traces(net, x, y, STEPS, k, 0.1)
+    hep_grads(net, x, y, Phases(STEPS, k, (0.0, 0.5)), 8)
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    for name, p in zip(names, _params(net)):
+        torch.testing.assert_close(p.grad, traces[name]["bptt"][k - 1], rtol=1e-8, atol=1e-13)
 
 
 def test_two_points_are_the_symmetric_estimate(case):
