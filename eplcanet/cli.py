@@ -335,6 +335,10 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
         saved = json.loads(record.read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: --load-path {load_path}: cannot read {record.name} ({err})")
+    if not isinstance(saved, dict) or "model" not in saved or "alg" not in saved:
+        raise SystemExit(f"error: --load-path {load_path} is not a main_fast.py run (its "
+                         f"{record.name} names no --model / --alg; a cifar_dictlearning.py run's "
+                         f"dictionary.pt goes to --lca-dict)")
     return {k: v for k, v in saved.items() if k in known and k not in _PER_INVOCATION}
 
 

@@ -133,6 +133,11 @@ def dataset_pixels(dataset, indices: torch.Tensor | None = None):
     if indices is not None:
         images, labels = images[indices], labels[indices]
     pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if pixels.numel() and not (pixels.min() >= 0 and pixels.max() <= 1):
+        # the attacks clip to [0, 1] and their radii are in pixel units: outside that range
+        # every epsilon would mean something else
+        raise ValueError(f"the images are not pixels in [0, 1] (range [{pixels.min():.3g}, "
+                         f"{pixels.max():.3g}]): give uint8 images or floats in [0, 1]")
     return pixels, labels
 
 

@@ -460,3 +460,17 @@ def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tm
     assert full["accuracy"].tolist() == alone["accuracy"].tolist()
     at_t1 = study[(study["predict_step"] == 6) & (study["epsilon"] == 0.2)]["accuracy"].min()
     assert run_summary(run_dir)["whitebox_Linf_acc@0.2"] == pytest.approx(at_t1)
+
+
+def test_what_is_not_a_classifier_or_not_pixels_is_refused(tmp_path):
+    dictionary_run = tmp_path / "dictlearning_run"
+    dictionary_run.mkdir()
+    (dictionary_run / "hyperparameters.json").write_text('{"lca_feats": 64, "lca_iters": 100}')
+    with pytest.raises(SystemExit, match="is not a main_fast.py run"):
+        parse_args(["--todo", "attack", "--load-path", str(dictionary_run)])
+    scaled = ImageDataset(torch.full((4, 1, 8, 8), 3.0), torch.arange(4))  # not in [0, 1]
+    with pytest.raises(ValueError, match=r"not pixels in \[0, 1\] \(range \[3, 3\]\)"):
+        rb.dataset_pixels(scaled)
+    pixels, _ = rb.dataset_pixels(ImageDataset(torch.full((4, 1, 8, 8), 255, dtype=torch.uint8),
+                                               torch.arange(4)))
+    assert pixels.max() == 1.0  # uint8 images are scaled
