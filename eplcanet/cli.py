@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--thirdphase", action=argparse.BooleanOptionalAction, default=True,
       help="symmetric estimate: second phases at +beta2 and -beta2 (--no-thirdphase: one-sided)"
            "; ignored by --alg hEP")
-    a("--hep-points", type=number(int, low=2), default=4, metavar="N",
-      help="--alg hEP (holomorphic EP): nudged phases at the N complex betas "
+    a("--hep-points", type=number(int, low=2), default=None, metavar="N",
+      help="--alg hEP (holomorphic EP; default 4): nudged phases at the N complex betas "
            "|BETA2| exp(2 pi i k / N) around the free phase (BETA1 must be 0); the estimate's "
            "bias falls like |BETA2|^N (N = 2 is the symmetric estimate), a minibatch costs N "
            "real nudged phases (2 for symmetric EP). Needs --model MLP or CNN, an analytic "
@@ -238,7 +238,11 @@ def check_holomorphic(args: argparse.Namespace) -> None:
     """--alg hEP needs dynamics that are holomorphic in the states: an energy-based MLP or CNN
     with an analytic activation and no max pooling, nudged on a circle around beta = 0."""
     if args.alg != "hEP":
+        if args.hep_points is not None:
+            raise SystemExit(f"error: --hep-points applies to --alg hEP, not {args.alg}")
         return
+    if args.hep_points is None:
+        args.hep_points = 4
     if args.model not in ("MLP", "CNN"):
         raise SystemExit(f"error: --alg hEP needs --model MLP or CNN (symmetric weights, an "
                          f"energy); got --model {args.model}")

@@ -82,8 +82,8 @@ def build_optimizer(args, net: EnergyNet):
 
 
 def phases_of(args) -> Phases:
-    return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase,
-                  hep_points=args.hep_points)
+    hep = {} if args.hep_points is None else {"hep_points": args.hep_points}  # --alg hEP only
+    return Phases(args.T1, args.T2, tuple(args.betas), args.random_sign, args.thirdphase, **hep)
 
 
 def apply_resume_changes(args, run_dir: Path, opt, sched, argv: list[str]) -> dict | None:

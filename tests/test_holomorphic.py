@@ -19,7 +19,7 @@ from eplcanet.energy.learning import (Phases, _params, bptt_grads, ep_grads, est
                                       gdu_traces)
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 from eplcanet.estimator_bias import implicit_grads
-from eplcanet.experiment import run
+from eplcanet.experiment import phases_of, run
 
 D = torch.float64
 STEPS = 60  # free and nudged steps: converged to float64 rounding on these nets
@@ -180,6 +180,7 @@ HEP = "--alg hEP --act sigmoid --pools aa"
     (f"{HEP} --tol 1e-6", "--tol"),
     (f"{HEP} --no-thirdphase --random-sign", "--random-sign"),
     (f"{HEP} --warm-start 5", "--warm-start"),
+    ("--hep-points 6", "--hep-points applies to --alg hEP"),
 ])
 def test_cli_refuses_what_hep_cannot_run(flags, message):
     with pytest.raises(SystemExit) as err:
@@ -194,6 +195,9 @@ def test_cli_refuses_fewer_than_two_points(capsys):
     assert "--hep-points" in capsys.readouterr().err
     assert parse_args(HEP.split()).hep_points == 4
     assert parse_args(f"{HEP} --hep-points 6".split()).hep_points == 6
+    assert phases_of(parse_args(f"{HEP} --hep-points 6".split())).hep_points == 6
+    assert parse_args([]).hep_points is None  # other estimators: no value to record or resume
+    assert phases_of(parse_args([])) == Phases(20, 4, (0.0, 0.5), thirdphase=True)
 
 
 def test_trains_a_tiny_mlp_on_digits_above_chance(tmp_path):
