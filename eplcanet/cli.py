@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="bf16: autocast the free phase's convolutions (states, the nudged phases and the "
            "update stay fp32: docs/performance.md); tf32: TF32 tensor cores (CUDA)")
     a("--save", action="store_true", help="write a run directory with metrics and checkpoints")
+    a("--tensorboard", action="store_true",
+      help="train: also log to RUN/tensorboard (torch.utils.tensorboard): the metrics.csv "
+      "columns, learning rates, per-layer activity histograms and the activity figure")
     a("--debug", action="store_true",
       help="show the traceback of an error (default: one line, exit code 2)")
     a("--results-dir", default="./results", help="where run directories go")
@@ -224,6 +228,13 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --random-sign only changes one-sided EP: add --no-thirdphase")
     if args.task == "npz" and not args.data_path:
         raise SystemExit("error: --task npz needs --data-path FILE.npz (arrays x and y)")
+    if args.tensorboard:
+        if not (args.save or (args.load_path and args.todo == "train")):
+            raise SystemExit("error: --tensorboard logs into the run directory: add --save (or "
+                             "resume a run with --load-path)")
+        if importlib.util.find_spec("tensorboard") is None:
+            raise SystemExit("error: --tensorboard needs the tensorboard package: "
+                             "pip install tensorboard (it is in requirements.txt)")
     if args.todo == "evaluate" and not args.load_path:
         raise SystemExit("error: --todo evaluate needs --load-path RUN_DIR")
     if args.todo in ROBUSTNESS_TODOS:
@@ -312,7 +323,8 @@ def check_feedforward(args: argparse.Namespace) -> None:
 
 
 # What one invocation does, not what the run is: never taken from a loaded run.
-_PER_INVOCATION = {"todo", "load_path", "device", "save", "results_dir", "download", "debug"}
+_PER_INVOCATION = {"todo", "load_path", "device", "save", "results_dir", "download", "debug",
+                   "tensorboard"}
 # What a run is (its network and its data split): every use of a loaded run takes these from its
 # hyperparameters.json, and a flag that contradicts them is an error.
 RUN_IDENTITY = {"model", "archi", "channels", "kernels", "strides", "paddings", "pools", "fc",

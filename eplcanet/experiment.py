@@ -193,7 +193,7 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
                                                            "world_size": dist.world_size}
             runs.save_hyperparameters(run_dir, hparams, argv)
         if writes:
-            log = runs.MetricsLog(run_dir)
+            log = runs.MetricsLog(run_dir, tensorboard=args.tensorboard)
             log.truncate_after(start_epoch)
         print(f"run directory: {run_dir}")
     val_loader = dist.eval_loader(splits.val, args.mbs)
@@ -249,7 +249,8 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
                                      scheduler=sched, epoch=epoch, best=best)
                 record = _write_record(run_dir, record)
                 plots.plot_curves(run_dir / "metrics.csv", run_dir / "train-test_acc.png")
-                plots.plot_neural_activity(states, run_dir / "neural_activity.png")
+                activity = plots.plot_neural_activity(states, run_dir / "neural_activity.png")
+                _tensorboard_extras(log.tensorboard(epoch), epoch, opt, states, activity)
                 save_dictionary_artifacts(net, run_dir, epoch)  # LCACNN only
                 if args.check_thm:  # drawing nothing from the RNG the processes share
                     with dist.main_only_rng():
@@ -257,10 +258,27 @@ def _train(args, argv, net, opt, sched, splits, device, run_dir, dist) -> dict:
             if signals.requested() and epoch < args.epochs:  # came during the evaluation
                 raise _interrupted(args, run_dir if writes else None, signals.signum,
                                    f"the end of epoch {epoch}")
+    if log is not None:
+        log.close()
     if metrics:
         print(f"best validation accuracy {100 * best['val_acc']:.2f}% at epoch {best['epoch']} "
               f"(test accuracy there: {100 * best.get('test_acc', 0):.2f}%)")
     return {**metrics, "best": best}
+
+
+def _tensorboard_extras(writer, epoch: int, opt, states, activity_png: Path) -> None:
+    """What only TensorBoard gets each epoch (with --tensorboard): each synapse layer's learning
+    rate, a histogram of each layer's free-phase states and the neural activity figure."""
+    if writer is None:
+        return
+    from matplotlib.image import imread
+
+    for i, group in enumerate(opt.param_groups):
+        writer.add_scalar(f"lr/group_{i}", group["lr"], epoch)
+    for i, s in enumerate(states):
+        writer.add_histogram(f"activity/layer_{i}", s.detach().float().cpu(), epoch)
+    writer.add_image("neural_activity", imread(activity_png)[..., :3], epoch, dataformats="HWC")
+    writer.flush()
 
 
 def _write_record(run_dir: Path, record: dict | None) -> None:

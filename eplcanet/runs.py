@@ -220,13 +220,18 @@ class MetricsLog:
     """metrics.csv of a run: one row per epoch, header ``epoch,train_loss,train_acc,val_acc,
     test_acc,seconds``, then STEP_FIELDS when the first row gives them (--tol runs).
 
-    Constructing it writes nothing; the header comes with the first row. On resume, existing
-    rows are kept (see truncate_after to drop epochs that will be redone). Each row is flushed
+    Constructing it writes nothing; the header comes with the first row. With ``tensorboard``
+    every row is also written as TensorBoard scalars (``torch.utils.tensorboard``, the events in
+    run_dir/tensorboard). On resume, existing rows are kept (see truncate_after to drop epochs that will be redone). Each row is flushed
     and synced to disk as it is written.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
         self.path = Path(run_dir) / "metrics.csv"
+        # --tensorboard: every row also goes to run_dir/tensorboard as scalars (opened at the
+        # first row, so that a resumed run first drops the events of the epochs it redoes)
+        self._tensorboard_dir = Path(run_dir) / "tensorboard" if tensorboard else None
+        self._writer = None
         self._last_epoch: int | None = None
         self._fields: tuple[str, ...] | None = None  # the file's columns, once it has a header
         if self.path.is_file():
@@ -286,6 +291,28 @@ class MetricsLog:
             os.fsync(f.fileno())
         self._last_epoch = int(epoch)
         self._fields = fields
+        if self._tensorboard_dir is not None:
+            for name, value in zip(fields[1:], values[1:]):
+                if value is not None:
+                    self.tensorboard(int(epoch)).add_scalar(name, float(value), int(epoch))
+            self._writer.flush()
+
+    def tensorboard(self, epoch: int):
+        """The run's ``torch.utils.tensorboard.SummaryWriter`` (None without --tensorboard), for
+        what goes to TensorBoard only (learning rates, activity histograms, figures). Opened
+        with purge_step = epoch: a resumed run's events from that epoch on are dropped."""
+        if self._tensorboard_dir is None:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self._tensorboard_dir), purge_step=epoch)
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def rows(self) -> list[dict[str, int | float | None]]:
         """All rows so far (see read_metrics); [] before the first append."""

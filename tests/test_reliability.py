@@ -244,3 +244,37 @@ def test_resuming_a_warm_started_run_says_the_state_bank_was_not_saved(tmp_path,
     run_dir = next(tmp_path.glob("*/*/*/*/run_1"))
     assert main(["--load-path", str(run_dir), "--epochs", "2", "--device", "cpu"]) == 0
     assert "warning: the warm-start state bank is not in the checkpoint" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ tensorboard
+def _events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_mirrors_metrics_csv_and_a_resumed_run_continues_it(tmp_path):
+    argv = [*TINY, "--epochs", "2", "--tensorboard", "--device", "cpu", "--save",
+            "--results-dir", str(tmp_path)]
+    assert main(argv) == 0
+    run_dir = next(tmp_path.glob("*/*/*/*/run_1"))
+    assert main(["--load-path", str(run_dir), "--epochs", "3", "--tensorboard",
+                 "--device", "cpu"]) == 0
+    events = _events(run_dir)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for name in ("train_loss", "train_acc", "val_acc", "test_acc"):
+        logged = [(e.step, e.value) for e in events.Scalars(name)]
+        assert logged == [(int(r["epoch"]), pytest.approx(float(r[name]))) for r in rows], name
+    tags = events.Tags()
+    assert {"lr/group_0", "lr/group_2"} <= set(tags["scalars"])
+    assert {"activity/layer_0", "activity/layer_1"} <= set(tags["histograms"])
+    assert tags["images"] == ["neural_activity"]
+    assert [e.step for e in events.Images("neural_activity")] == [1, 2, 3]
+
+
+def test_tensorboard_needs_a_run_directory(capsys):
+    assert main([*TINY, "--tensorboard", "--device", "cpu"]) == EXIT_USAGE
+    assert "error: --tensorboard logs into the run directory: add --save" in capsys.readouterr().err
