@@ -20,6 +20,8 @@ from eplcanet.energy.learning import (Phases, _params, bptt_grads, ep_grads, est
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 from eplcanet.estimator_bias import implicit_grads
 from eplcanet.experiment import phases_of, run
+from eplcanet.kernels import native
+from eplcanet.kernels.winograd import WinogradConvs
 
 D = torch.float64
 STEPS = 60  # free and nudged steps: converged to float64 rounding on these nets
@@ -129,6 +131,30 @@ def test_batched_phases_equal_one_relaxation_per_beta(case, points):
     net, x, y, _ = case
     for a, b in zip(hep(net, x, y, 0.6, points), hep(net, x, y, 0.6, points, False)):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.skipif(native.why_unavailable() is not None,
+                    reason="the Winograd C kernels cannot be built here")
+def test_winograd_takes_the_parts_of_complex_states(monkeypatch):
+    """--conv-algo winograd: the complex phase's adjoints and weight gradients run the Winograd
+    kernels on its real and imaginary parts stacked along the batch (its forward convolutions
+    are direct), and give the direct convolution's estimate. N = 3: one real phase (batch B)
+    and one complex phase, whose parts make batch 2B (adjoint) and, as the weight gradient's
+    difference terms are stacked too, 4B (weight gradient of the conv-to-conv synapse)."""
+    net, x, y = cnn()
+    batches = {"adjoint": set(), "weight_grad": set()}
+    for name in batches:
+        real = getattr(WinogradConvs, name)
+
+        def recorded(self, conv, t, *rest, _real=real, _name=name):
+            batches[_name].add(t.shape[0])
+            return _real(self, conv, t, *rest)
+        monkeypatch.setattr(WinogradConvs, name, recorded)
+    wino = hep(net.with_relaxation(conv_algo="winograd"), x, y, 0.5, 3)
+    n = x.shape[0]
+    assert 2 * n in batches["adjoint"] and 4 * n in batches["weight_grad"], batches
+    for a, b in zip(wino, hep(net, x, y, 0.5, 3)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
 def test_float32_states_relax_in_complex64():
