@@ -17,17 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from eplcanet.entry import DEVICE_HELP, resolve_device
 from eplcanet.train import set_matmul_precision
-
-
-DEVICES = ("cpu", "cuda")
-
-
-def check_devices(devices) -> None:
-    """Fail before any timing when a requested device is not here."""
-    if "cuda" in devices and not torch.cuda.is_available():
-        raise SystemExit("cuda was requested, but no CUDA device is available here "
-                         "(accepted here: cpu)")
 
 
 def positive_int(text: str) -> int:
@@ -40,7 +31,7 @@ def positive_int(text: str) -> int:
 
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # that GPU's queue (--device cuda:1 is not the current one)
 
 
 def time_fn(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device="cpu") -> float:
@@ -135,8 +126,8 @@ def cpu_model(default: str | None = None) -> str:
     return default or platform.processor() or platform.machine()
 
 
-def gpu_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+def gpu_name(device: torch.device | str = "cuda:0") -> str:
+    return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "no GPU"
 
 
 def machine_line() -> str:
@@ -196,13 +187,12 @@ def bench_main(doc: str, collect: Callable[..., list[Row]]) -> None:
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and repeats (minutes)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", choices=DEVICES, default=None,
-                        help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args()
+    # the application's resolver: a GPU asked for and missing stops here, before any timing
+    device = str(resolve_device(args.device))  # the suites take a name ("cpu", "cuda:1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_devices([device])
     set_matmul_precision("fp32", device)  # true fp32 on CUDA too: no TF32 in ours or the references
     t0 = time.perf_counter()
     rows, peaks = measured_around(lambda: collect(quick=args.quick, device=device), device)

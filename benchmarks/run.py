@@ -26,8 +26,6 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
-    DEVICES,
-    check_devices,
     describe_peaks,
     format_rows,
     gpu_name,
@@ -36,6 +34,7 @@ from benchmarks.common import (
     peak_problem,
     positive_int,
 )
+from eplcanet.entry import DEVICE_HELP, resolve_device
 from eplcanet.train import set_matmul_precision
 
 SUITES = ("bench_lca", "bench_mp", "bench_ep")
@@ -111,22 +110,41 @@ def merge_sections(cpu: list[str], gpu: list[str]) -> str:
     return "\n".join(cpu[:at] + gpu + cpu[at:]).strip() + "\n"
 
 
+def resolve_devices(specs: list[str] | None) -> dict[str, torch.device]:
+    """{'cpu' / 'cuda': device} of --devices, through the application's resolver (a GPU asked
+    for and missing is its error, before any timing). BENCHMARKS.md has one CPU section and one
+    GPU section, so two devices of one kind are refused rather than one overwriting the other."""
+    if specs is None:
+        return {"cpu": torch.device("cpu"),
+                **({"cuda": torch.device("cuda")} if torch.cuda.is_available() else {})}
+    devices: dict[str, torch.device] = {}
+    for spec in specs:
+        device = resolve_device(spec)
+        if device.type in devices:
+            raise SystemExit(f"error: --devices {' '.join(specs)} names two {device.type} devices; "
+                             f"accepted: one CPU and one GPU at most (BENCHMARKS.md has a section "
+                             f"of each)")
+        devices[device.type] = device
+    return devices
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller repeats (minutes)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file to write")
     parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
-    parser.add_argument("--devices", nargs="+", choices=DEVICES, default=None,
-                        help="where to run the suites (default: cpu, and cuda if available); "
-                             "the sections of a device not run are kept from --out")
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="where to run the suites (default: cpu, and cuda if available), "
+                             f"one CPU and one GPU at most, each {DEVICE_HELP}; the sections of a "
+                             "device not run are kept from --out")
     args = parser.parse_args()
-    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    check_devices(devices)
+    devices = resolve_devices(args.devices)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    results = {device: run_device(device, args.only, args.quick) for device in devices}
+    results = {kind: run_device(str(device), args.only, args.quick)
+               for kind, device in devices.items()}
     flags = "".join([" --quick" if args.quick else "",
                      f" --threads {args.threads}" if args.threads else "",
                      f" --devices {' '.join(args.devices)}" if args.devices else "",
@@ -144,7 +162,8 @@ def main() -> None:
                     "`python benchmarks/bench_distributed.py` writes (its own date and command):",
                     "", DISTRIBUTED.read_text().split("\n", 1)[1].strip()]
     if "cuda" in results:
-        gpu = [f"{GPU_HEADING}{gpu_name()}", "", f"{written}, machine: {machine_line()}.",
+        gpu = [f"{GPU_HEADING}{gpu_name(devices['cuda'])}", "",
+               f"{written}, machine: {machine_line()}.",
                *device_sections("cuda", *results["cuda"])]
     out.write_text(merge_sections(cpu, gpu))
     print(f"wrote {out}")

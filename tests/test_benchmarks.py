@@ -78,7 +78,7 @@ def test_run_writes_the_cpu_tables_keeps_a_gpu_section_and_refuses_a_missing_gpu
     if not torch.cuda.is_available():
         missing = tmp_path / "C.md"
         monkeypatch.setattr("sys.argv", ["run", "--devices", "cuda", "--out", str(missing)])
-        with pytest.raises(SystemExit, match="no CUDA device is available"):
+        with pytest.raises(SystemExit, match="asked for a GPU, but CUDA is not available"):
             run.main()
         assert not missing.exists()
 
@@ -90,3 +90,38 @@ def test_thread_counts_below_one_are_refused_by_the_benchmark_commands(monkeypat
     with pytest.raises(SystemExit):
         run.main()
     assert "--threads: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_benchmark_devices_go_through_the_application_resolver(monkeypatch):
+    """--devices resolves each name as main_fast.py's --device does (same errors), and refuses
+    two of one kind: BENCHMARKS.md has one CPU and one GPU section, a second would overwrite."""
+    from benchmarks.run import resolve_devices
+    from eplcanet.entry import resolve_device
+
+    assert resolve_devices(["cpu"]) == {"cpu": torch.device("cpu")}
+    for bad in ("tpu", "cpu:0"):
+        with pytest.raises(SystemExit) as app:
+            resolve_device(bad)
+        with pytest.raises(SystemExit) as bench:
+            resolve_devices(["cpu", bad])
+        assert str(bench.value) == str(app.value) and "accepted:" in str(bench.value)
+    with pytest.raises(SystemExit, match="names two cpu devices; accepted: one CPU and one GPU"):
+        resolve_devices(["cpu", "cpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda:0 asked for a GPU, but CUDA is not"):
+        resolve_devices(["cpu", "cuda:0"])
+
+
+def test_a_suite_refuses_a_missing_gpu_before_any_timing(monkeypatch):
+    from benchmarks.common import bench_main
+
+    timed = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["bench_mp", "--quick", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="--device cuda asked for a GPU, but CUDA is not"):
+        bench_main("A suite.", lambda **kw: timed.append(kw) or [])
+    assert timed == []
+    monkeypatch.setattr("sys.argv", ["bench_mp", "--device", "gpu"])
+    with pytest.raises(SystemExit, match="--device 'gpu' is not a device; accepted: auto"):
+        bench_main("A suite.", lambda **kw: timed.append(kw) or [])
+    assert timed == []
