@@ -97,6 +97,14 @@ def test_hep_gives_the_exact_gradient_where_symmetric_ep_is_biased(case):
     assert min(err_s) > 1e-4, err_s
 
 
+def test_alternate_update_order_reaches_the_same_gradient(case):
+    """--updates alternate relaxes to the same fixed points (through the memo of pooled
+    convolutions, on complex states too): the same exact gradient."""
+    net, x, y, ref = case
+    est = hep(net.with_relaxation(update_order="alternate"), x, y, 0.5, 8)
+    assert max(rel_err(est, ref)) < 1e-7
+
+
 def test_error_falls_with_the_number_of_points(case):
     net, x, y, ref = case
     e2, e4, e8 = (rel_err(hep(net, x, y, 1.0, n), ref) for n in (2, 4, 8))
