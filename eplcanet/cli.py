@@ -355,6 +355,8 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
         raise SystemExit(f"error: --load-path {load_path} is not a main_fast.py run (its "
                          f"{record.name} names no --model / --alg; a cifar_dictlearning.py run's "
                          f"dictionary.pt goes to --lca-dict)")
+    if saved.get("alg") != "hEP":  # runs of one version stored --hep-points' default for every alg
+        saved.pop("hep_points", None)
     return {k: v for k, v in saved.items() if k in known and k not in _PER_INVOCATION}
 
 

@@ -278,3 +278,18 @@ def test_tensorboard_mirrors_metrics_csv_and_a_resumed_run_continues_it(tmp_path
 def test_tensorboard_needs_a_run_directory(capsys):
     assert main([*TINY, "--tensorboard", "--device", "cpu"]) == EXIT_USAGE
     assert "error: --tensorboard logs into the run directory: add --save" in capsys.readouterr().err
+
+
+def test_a_run_recorded_with_the_hep_points_default_still_loads(tmp_path):
+    """Runs saved while --hep-points defaulted to 4 for every --alg carry it in their record; it
+    is dropped unless the run is an hEP run, whose own value stays."""
+    from eplcanet.cli import parse_args
+
+    for alg, want in (("EP", None), ("hEP", 6)):
+        run_dir = tmp_path / alg
+        run_dir.mkdir()
+        runs.save_hyperparameters(run_dir, {"model": "MLP", "alg": alg, "act": "sigmoid",
+                                            "hep_points": 6, "no_thirdphase": True},
+                                  ["main_fast.py"])
+        args = parse_args(["--todo", "evaluate", "--load-path", str(run_dir)])
+        assert (args.alg, args.hep_points) == (alg, want)
