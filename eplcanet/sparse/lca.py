@@ -37,6 +37,15 @@ the same optimum in far fewer iterations.
 Its states are reported as the LCA potentials u = a + (v - a) / step, v the gradient point
 before the threshold, so that acts = T_lambda(states) holds for both solvers.
 
+The two solvers are two small classes with one interface, ``run(layer, problem) -> (states,
+acts, iterations)``: ``LCADynamics`` and ``FISTA``. What they share is written once, in the
+``_Problem`` of a solve: the work layout and the operators D and D^T, the energy checks of
+``tol`` every ``check_every`` iterations, the tracked metrics and the history of
+return_all_ts; the layer then checks for divergence, records ``last_iters`` and assembles the
+requested variables the same way for both. ``solver=`` picks the class once, when the layer is
+built (``layer.solver`` is read-only); FISTA refuses transfer functions other than the soft
+threshold, then or later.
+
 Both solvers run the convolutions on a space-to-depth layout: the input is padded, then every
 stride x stride block is folded into channels, which turns the strided convolutions into
 stride-1 ones (fast kernels, channels-last on 2D/3D), and the crop of D becomes a 0/1 mask.
@@ -65,6 +74,7 @@ ceil(spatial / stride) for 'same' and (spatial - kernel_size) // stride + 1 for 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -330,9 +340,11 @@ class _LCABase(SparseCoder):
         self.input_zero_mean = bool(input_zero_mean)
         self.input_unit_var = bool(input_unit_var)
         self.req_grad = bool(req_grad)
-        self._solver = "lca"
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; accepted: {SOLVERS}")
+        # The solver is fixed here, before the transfer function it constrains is checked.
+        self._solver_impl = _SOLVER_BY_NAME[solver]
         self.transfer_func = transfer_func
-        self.solver = solver
 
         init, init_kwargs = weight_init if isinstance(weight_init, tuple) else (weight_init, {})
         if not callable(init):
@@ -392,29 +404,14 @@ class _LCABase(SparseCoder):
     @transfer_func.setter
     def transfer_func(self, value: str | Callable[[Tensor, float | Tensor], Tensor]) -> None:
         self._transfer = None if callable(value) else get_transfer(value)
-        if self._solver == "fista" and value != "soft_threshold":
-            raise ValueError(self._fista_message(value))
+        self._solver_impl.check_transfer(value)
         self._transfer_func = value
 
     @property
     def solver(self) -> str:
-        """'lca' (Euler dynamics) or 'fista' (accelerated, soft threshold only)."""
-        return self._solver
-
-    @solver.setter
-    def solver(self, value: str) -> None:
-        if value not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {value!r}")
-        if value == "fista" and self.transfer_func != "soft_threshold":
-            raise ValueError(self._fista_message(self.transfer_func))
-        self._solver = value
-
-    @staticmethod
-    def _fista_message(transfer: object) -> str:
-        return (
-            "solver='fista' minimises the L1 energy and needs transfer_func='soft_threshold', "
-            f"got {transfer!r}; use solver='lca' for other transfer functions"
-        )
+        """'lca' (Euler dynamics) or 'fista' (accelerated, soft threshold only); fixed at
+        construction (a layer with another solver is a new layer)."""
+        return self._solver_impl.name
 
     @property
     def lambda_(self) -> float | Tensor:
@@ -719,14 +716,16 @@ class _LCABase(SparseCoder):
         """Run the solver on preprocessed inputs; returns the requested variables by name."""
         all_ts = self.return_all_ts if all_ts is None else all_ts
         problem = _Problem(self, x, drive_scaling, initial_states, want, all_ts)
-        states, acts, it = _SOLVER_BY_NAME[self.solver].run(self, problem)
+        solver = self._solver_impl
+        states, acts, it = solver.run(self, problem)
         self.last_iters = it
         plan, w, drive_scaling = problem.plan, problem.w, problem.drive_scaling
         xw, track, tracks, history = problem.xw, problem.track, problem.tracks, problem.history
 
         if not bool(torch.isfinite(acts).all()):
-            hint = " (tau is too small for this dictionary)" if self.solver == "lca" else ""
-            raise FloatingPointError(f"LCA diverged{hint}: the codes contain NaN or Inf")
+            raise FloatingPointError(
+                f"LCA diverged{solver.divergence_hint}: the codes contain NaN or Inf"
+            )
         if track:
             names = ("L1", "L2", "TotalEnergy", "FractionActive")
             self.metrics = {n: tracks[: max(it, 0), i].detach().cpu() for i, n in enumerate(names)}
@@ -853,10 +852,14 @@ class _Problem:
         if self.keep_recons:
             self.history["recons"].append(self.plan.to_input(self.plan.recon(acts, self.w)))
 
+    def checks(self, it: int) -> bool:
+        """Whether iteration ``it`` is one where ``tol`` compares energies (every check_every)."""
+        return self.tol is not None and it > 0 and it % self.check_every == 0
+
     def converged(self, it: int, res: Tensor, acts: Tensor) -> bool:
         """With ``tol``: whether the energy changed by at most tol (relative) since the last
         check, every check_every iterations."""
-        if self.tol is None or it == 0 or it % self.check_every:
+        if not self.checks(it):
             return False
         e = float(self.energy_sum(res, acts))  # the only host sync, once per check_every
         done = self._prev_energy is not None and abs(self._prev_energy - e) <= self.tol * abs(e)
@@ -864,11 +867,31 @@ class _Problem:
         return done
 
 
-class LCADynamics:
+class _Solver(abc.ABC):
+    """The interface the layer calls: ``run(layer, problem) -> (states, acts, iterations)``.
+
+    One instance per name, stateless (all per-solve state lives in the _Problem), picked once
+    when the layer is built. What the layer must know about a solver beyond ``run`` is here too:
+    which transfer functions it can minimise, and what to suggest when its codes diverge.
+    """
+
+    name = ""
+    divergence_hint = ""
+
+    def check_transfer(self, transfer: object) -> None:
+        """Refuse a transfer function this solver cannot use (any is fine by default)."""
+
+    @abc.abstractmethod
+    def run(self, layer: _LCABase, p: _Problem) -> tuple[Tensor, Tensor, int]:
+        """Solve ``p`` for ``layer``; returns (states, acts, iterations run)."""
+
+
+class LCADynamics(_Solver):
     """The LCA's leaky integrators, Euler-stepped: u <- u + (1/tau) (b - u - a*G), a = T(u),
     with b - a*G computed as D^T(s - D(a)) + a (two thin convolutions) plus drive_scaling."""
 
     name = "lca"
+    divergence_hint = " (tau is too small for this dictionary)"
 
     def run(self, layer: _LCABase, p: _Problem) -> tuple[Tensor, Tensor, int]:
         """Settle ``p``; returns (states u, acts a, iterations run)."""
@@ -895,12 +918,25 @@ class LCADynamics:
         return u, a, done
 
 
-class FISTA:
+class FISTA(_Solver):
     """Proximal gradient descent on E(a) with Nesterov momentum and per-sample gradient
     restart; step 1/L with L >= ||D||^2 (:meth:`_LCABase.lipschitz`). Soft threshold only.
     The states reported are the pre-threshold values a + (v - a) / step, LCA's u."""
 
     name = "fista"
+
+    def check_transfer(self, transfer: object) -> None:
+        # The proximal step of the L1 term is the soft threshold; other transfers have no energy.
+        if transfer != "soft_threshold":
+            raise ValueError(
+                "solver='fista' minimises the L1 energy and needs transfer_func='soft_threshold', "
+                f"got {transfer!r}; use solver='lca' for other transfer functions"
+            )
+
+    @staticmethod
+    def _states(a: Tensor, v: Tensor, step: float) -> Tensor:
+        """The LCA potentials whose soft threshold is ``a``: a + (v - a) / step."""
+        return a + (v - a) / step
 
     def run(self, layer: _LCABase, p: _Problem) -> tuple[Tensor, Tensor, int]:
         """Minimise ``p``'s energy; returns (states, acts, iterations run)."""
@@ -930,19 +966,21 @@ class FISTA:
             t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
             y = torch.addcmul(a_new, (t - 1.0) / t_next, diff, out=y if ip else None)
             a, a_new, t = a_new, a, t_next
-            if p.track or (p.tol is not None and it % p.check_every == 0):
+            # The energies of the iterate a (not of y) cost one more reconstruction: only on
+            # the iterations that record or check them.
+            if p.track or p.checks(it):
                 res_a = p.residual(a, None)
                 if p.track:
                     p.record(it - 1, res_a, a)
                 if p.converged(it, res_a, a):
                     break
             if p.all_ts:
-                p.keep(a + (v - a) / step, a)
-        return a + (v - a) / step, a, it
+                p.keep(self._states(a, v, step), a)
+        return self._states(a, v, step), a, it
 
 
-# The solvers by the name ``solver=`` takes: one interface, run(layer, problem).
-_SOLVER_BY_NAME = {s.name: s for s in (LCADynamics(), FISTA())}
+# The solvers by the name ``solver=`` takes, in the order of SOLVERS.
+_SOLVER_BY_NAME: dict[str, _Solver] = {s.name: s for s in (LCADynamics(), FISTA())}
 assert tuple(_SOLVER_BY_NAME) == SOLVERS
 
 
@@ -996,7 +1034,8 @@ class LCAConv2D(_LCABase):
             loop is then differentiated through.
         weight_init: callable or (callable, kwargs) filling the initial weights (then
             normalised). Default: truncated normal.
-        solver: 'lca' (Euler dynamics) or 'fista' (accelerated; soft threshold only).
+        solver: 'lca' (Euler dynamics) or 'fista' (accelerated; soft threshold only); fixed
+            for the layer's lifetime.
         tol: stop early when the energy changes by at most tol (relative) between checks.
         check_every: iterations between the energy checks of ``tol`` (one host sync each).
     """
