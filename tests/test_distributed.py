@@ -22,8 +22,8 @@ from eplcanet.data import ImageDataset, make_loader
 from eplcanet.distributed import DistContext, session, shard_bounds
 from eplcanet.experiment import run
 from eplcanet.sparse import load_dictionary, save_dictionary
+from helpers import ROOT, main_fast_command, metrics_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 # 150 digits as an npz: 121 training images, so that --mbs 16 leaves a last minibatch of 9
 # (parts of 5 and 4: the gradient average must weight the parts by their sizes).
 TINY = ["--channels", "4", "--T1", "5", "--T2", "2", "--mbs", "16", "--device", "cpu",
@@ -56,11 +56,7 @@ def _checkpoint(run_dir: Path) -> dict:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    import csv
-
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in row.items() if k != "seconds"}
-                for row in csv.DictReader(f)]
+    return [{k: float(v) for k, v in row.items()} for row in metrics_rows(run_dir)]
 
 
 def _assert_same_state(a: dict, b: dict, atol: float = 1e-4) -> None:
@@ -339,8 +335,8 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(tmp_path):
              "--no-thirdphase").split()
     env = {**_fake_slurm(tmp_path, _TORCHRUN_ON_CPU, 1, job="77"), "OMP_NUM_THREADS": "1"}
     script = ["bash", str(ROOT / "run" / "slurm" / "one_node.sbatch"), *flags]
-    whole = subprocess.Popen([sys.executable, str(ROOT / "main_fast.py"), *flags, "--save",
-                              "--results-dir", str(tmp_path / "whole"), "--device", "cpu"],
+    whole = subprocess.Popen(main_fast_command(*flags, "--save", "--results-dir",
+                                               str(tmp_path / "whole"), "--device", "cpu"),
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     job = subprocess.Popen(script, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)

@@ -12,14 +12,7 @@ from eplcanet.sparse import make_unit_var, make_zero_mean
 RAW = {"input_zero_mean": False, "input_unit_var": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run each test on one thread: on these tiny tensors OpenMP wake-ups on busy shared cores
-    cost far more than the arithmetic (the thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def standardised_patches(size: int, n: int, seed: int, gray: bool) -> torch.Tensor:

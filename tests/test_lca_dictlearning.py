@@ -6,19 +6,18 @@ import csv
 import importlib.util
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_lca_common import one_thread
 
 from eplcanet.entry import EXIT_USAGE, run_command
 from eplcanet.sparse import load_dictionary
+from helpers import ROOT
 
-assert one_thread  # an autouse fixture: importing it applies it to this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "cifar_dictlearning.py"
+_SCRIPT = ROOT / "cifar_dictlearning.py"
 _spec = importlib.util.spec_from_file_location("cifar_dictlearning", _SCRIPT)
 script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(script)

@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from test_lca_common import RAW, one_thread
+from test_lca_common import RAW
 
 from eplcanet.sparse import RETURN_VARS, LCAConv1D, LCAConv2D, LCAConv3D, LCALinear, SparseCoder
 
-assert one_thread  # an autouse fixture: importing it applies it to this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def test_seed_usage_gives_codes_of_the_strided_size(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import r2_score
-from test_lca_common import RAW, one_thread, standardised_patches
+from test_lca_common import RAW, standardised_patches
 
 from eplcanet.data import natural_image_patches
 from eplcanet.sparse import (
@@ -32,7 +32,7 @@ from eplcanet.sparse import (
     total_energy,
 )
 
-assert one_thread  # an autouse fixture: importing it applies it to this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def hebbian_by_definition(acts, errors, weights, stride, pad, eta):

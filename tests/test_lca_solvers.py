@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import Lasso
-from test_lca_common import RAW, one_thread, standardised_patches
+from test_lca_common import RAW, standardised_patches
 
 from eplcanet.sparse import LCAConv1D, LCAConv2D, LCALinear
 
-assert one_thread  # an autouse fixture: importing it applies it to this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def sklearn_lasso(dense: np.ndarray, targets: np.ndarray, lam: float, nonneg: bool) -> np.ndarray:

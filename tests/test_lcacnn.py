@@ -19,9 +19,9 @@ from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, gdu_metrics, gdu_traces
 from eplcanet.experiment import _load_trained, build_model, run, seed_everything
 from eplcanet.sparse import load_dictionary, make_sparse_coder, save_dictionary
+from helpers import ROOT
 
 D = torch.float64
-ROOT = Path(__file__).resolve().parents[1]
 
 SEED_LCACNN = (
     "--model LCACNN --task CIFAR10 --data-aug --channels 64 256 512 --kernels 3 3 3 --pools immmm "
@@ -40,13 +40,7 @@ TINY = shlex.split(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions are fastest (and least disturbed by other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def _coder(kind="lca", feats=5, channels=2, k=3, stride=2, dtype=D):

@@ -1,6 +1,5 @@
 """main_fast.py end to end: flag validation, run directories, resume and the seed's commands."""
 
-import csv
 import json
 import shlex
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from eplcanet import runs
 from eplcanet.cli import parse_args
 from eplcanet.experiment import run
+from helpers import metrics_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = "--channels 4 8 --T1 6 --T2 2 --mbs 64 --device cpu".split()
@@ -23,11 +23,6 @@ SEED_RCNN = (
     "--epochs 35 --act 'my_hard_sig' --todo 'train' --T1 250 --T2 50 --mbs 128 --alg 'EP' "
     "--betas 0.0 1.0 --thirdphase --loss 'cel' --softmax --save"
 )
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize(
@@ -104,11 +99,11 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, mon
     monkeypatch.setattr(runs, "save_checkpoint", real_save)
     run_dirs = sorted((tmp_path / "digits/EP/CNN").glob("*/run_*"))
     assert [r.name for r in run_dirs] == ["run_1", "run_2"]
-    assert len(_metrics(run_dirs[1])) == 1
+    assert len(metrics_rows(run_dirs[1])) == 1
 
     resumed = argv + ["--load-path", str(run_dirs[1])]
     run(parse_args(resumed), resumed)
-    uninterrupted, interrupted = _metrics(run_dirs[0]), _metrics(run_dirs[1])
+    uninterrupted, interrupted = metrics_rows(run_dirs[0]), metrics_rows(run_dirs[1])
     assert len(uninterrupted) == 2
     assert interrupted == uninterrupted
     for name in ("checkpoint.pt", "best.pt", "train-test_acc.png", "neural_activity.png",

@@ -3,41 +3,26 @@ its figures. The runs are tiny (digits, one epoch) so that the test takes well u
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import DIGITS_CNN, ROOT, copy_results, is_png, main_fast
 
-from eplcanet.cli import parse_args
-from eplcanet.experiment import run
-
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "eval_lcanet.ipynb"
-TINY = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
 LCA = ["--model", "LCACNN", "--dict_training", "learn", "--lca_feats", "8", "--lca_ksize", "3"]
 LCA += ["--lca_stride", "1", "--lca_iters", "10", "--lca_tau", "5"]
 
 
-def _main_fast(*argv: str) -> None:
-    """What ``python main_fast.py ARGV`` does, in this process (saves a torch import per run)."""
-    run(parse_args(list(argv)), argv=["main_fast.py", *argv])
-
-
-def _is_png(path: Path) -> bool:
-    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 @pytest.mark.slow
-def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatch):
+def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatch,
+                                                            digits_cnn_results):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     torch.set_num_threads(1)
-    results = tmp_path / "results"
-    _main_fast(*TINY, "--epochs", "1", "--save", "--results-dir", str(results))
-    _main_fast(*TINY, *LCA, "--epochs", "1", "--save", "--results-dir", str(results))
+    results = copy_results(digits_cnn_results, tmp_path / "results")  # the attacks write into it
+    main_fast(*DIGITS_CNN, *LCA, "--epochs", "1", "--save", "--results-dir", str(results))
     (cnn,) = results.glob("digits/EP/CNN/*/run_1")
-    _main_fast(
-        *TINY,
+    main_fast(
+        *DIGITS_CNN,
         "--todo",
         "attack",
         "--load-path",
@@ -52,8 +37,8 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
         "0",
         "0.2",
     )
-    _main_fast(
-        *TINY,
+    main_fast(
+        *DIGITS_CNN,
         "--todo",
         "corrupt",
         "--load-path",
@@ -99,11 +84,11 @@ def test_notebook_runs_on_fresh_runs_and_writes_its_figures(tmp_path, monkeypatc
         "EP_LCACNN_run_1_code_sparsity.png",
     ]
     for name in expected:
-        assert _is_png(figures / name), name
+        assert is_png(figures / name, more_than=0), name
     assert not (figures / "EP_CNN_run_1_dictionary.png").exists()
     for label in ("EP_CNN_run_1", "EP_LCACNN_run_1"):
         assert (figures / f"{label}_gdu" / "gdu.json").is_file()
-        assert _is_png(figures / f"{label}_gdu" / "gdu_synapses_0_weight.png")
+        assert is_png(figures / f"{label}_gdu" / "gdu_synapses_0_weight.png", more_than=0)
     study = (figures / "robustness_study.csv").read_text()  # one seed: the CI is left empty
     assert study.startswith("task,model,norm,epsilon,kind,n_seeds,mean") and "EP CNN" in study
     table = (figures / "runs.csv").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,7 @@ import torch
 
 from eplcanet.plots import plot_curves, plot_gdu, plot_neural_activity
 from eplcanet.runs import MetricsLog
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _is_png(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
-
+from helpers import is_png
 
 def _rows(n: int = 5) -> list[dict]:
     keys = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "seconds")
@@ -36,18 +29,18 @@ def test_importing_and_plotting_never_loads_pyplot(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert _is_png(tmp_path / "neural_activity.png")
+    assert is_png(tmp_path / "neural_activity.png")
 
 
 def test_curves_from_rows_csv_and_run_dir(tmp_path):
     assert plot_curves(_rows(), tmp_path / "a.png") == tmp_path / "a.png"
-    assert _is_png(tmp_path / "a.png")
+    assert is_png(tmp_path / "a.png")
     log = MetricsLog(tmp_path)
     for row in _rows(3):
         log.append(**row)
-    assert _is_png(plot_curves(tmp_path / "metrics.csv", tmp_path / "nested" / "b.png"))
+    assert is_png(plot_curves(tmp_path / "metrics.csv", tmp_path / "nested" / "b.png"))
     assert plot_curves(str(tmp_path), tmp_path) == tmp_path / "train-test_acc.png"
-    assert _is_png(tmp_path / "train-test_acc.png")
+    assert is_png(tmp_path / "train-test_acc.png")
 
 
 def test_curves_reject_empty_or_bad_metrics(tmp_path):
@@ -65,7 +58,7 @@ def test_curves_reject_empty_or_bad_metrics(tmp_path):
 def test_neural_activity(tmp_path):
     states = [torch.rand(8, 4, 6, 6), torch.rand(8, 16, requires_grad=True), torch.rand(8, 10)]
     path = plot_neural_activity(states, tmp_path, names=["conv1", "fc1", "out"])
-    assert path == tmp_path / "neural_activity.png" and _is_png(path)
+    assert path == tmp_path / "neural_activity.png" and is_png(path)
     with pytest.raises(ValueError, match="names has 1 entries but states has 3"):
         plot_neural_activity(states, tmp_path / "n.png", names=["a"])
     with pytest.raises(ValueError, match="non-empty"):
@@ -89,7 +82,7 @@ def test_gdu_one_png_per_parameter(tmp_path):
     }
     paths = plot_gdu(traces, tmp_path / "gdu")
     assert [p.name for p in paths] == ["gdu_synapses_0_weight.png", "gdu_synapses_1_bias.png"]
-    assert all(_is_png(p) for p in paths)
+    assert all(is_png(p) for p in paths)
 
 
 @pytest.mark.parametrize(

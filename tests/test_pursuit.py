@@ -12,13 +12,7 @@ from eplcanet.sparse.pursuit import ConvMP2D, MpSAE, matching_pursuit, mp_revive
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second thread only adds synchronisation waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def naive_mp(x, dictionary, k, selection, bias=None, residual_tol=None):

@@ -4,7 +4,6 @@ resume exactly, and a checkpoint that survives a kill while it is written."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -19,8 +18,8 @@ import torch
 from eplcanet import runs
 from eplcanet.cli import main
 from eplcanet.entry import EXIT_DIVERGED, EXIT_USAGE
+from helpers import main_fast_command, metrics_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--channels", "4", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--epochs", "1"]
 
 
@@ -171,13 +170,8 @@ SIGNAL_RUN = ["--channels", "4", "8", "--T1", "100", "--T2", "4", "--mbs", "16",
 
 def _main_fast(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
-    return subprocess.Popen([sys.executable, str(ROOT / "main_fast.py"), *args], env=env,
+    return subprocess.Popen(main_fast_command(*args), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -208,7 +202,7 @@ def test_a_signal_checkpoints_mid_epoch_and_the_resumed_run_equals_the_whole(sig
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert whole.wait(timeout=120) == 0
-    assert _rows(run_dir) == _rows(next((tmp_path / "whole").glob("*/*/*/*/run_1")))
+    assert metrics_rows(run_dir) == metrics_rows(next((tmp_path / "whole").glob("*/*/*/*/run_1")))
 
 
 def test_a_checkpoint_killed_while_written_leaves_the_previous_one_readable(tmp_path):
@@ -263,8 +257,7 @@ def test_tensorboard_mirrors_metrics_csv_and_a_resumed_run_continues_it(tmp_path
     assert main(["--load-path", str(run_dir), "--epochs", "3", "--tensorboard",
                  "--device", "cpu"]) == 0
     events = _events(run_dir)
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = metrics_rows(run_dir)
     for name in ("train_loss", "train_acc", "val_acc", "test_acc"):
         logged = [(e.step, e.value) for e in events.Scalars(name)]
         assert logged == [(int(r["epoch"]), pytest.approx(float(r[name]))) for r in rows], name

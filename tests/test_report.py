@@ -3,7 +3,6 @@ checked against a hand computation with numpy and Student-t quantiles from a tab
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -16,9 +15,7 @@ import pytest
 from eplcanet import report
 from eplcanet.robustness import CORRUPTION_FIELDS, write_rows
 from eplcanet.runs import MetricsLog, save_hyperparameters
-
-# t_{0.975, df} from a printed table of Student's t distribution.
-T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105}
+from helpers import ROOT, hand_stats
 
 BASE = {"model": "CNN", "task": "npz", "data_path": "/data/a/mnist.npz", "T1": 12,
         "lrs": [0.1, 0.05], "epochs": 3, "device": "cpu"}
@@ -39,14 +36,6 @@ def make_run(root: Path, name: str, rows: list[dict], **hparams) -> Path:
 def curve(val: list[float], test: list[float]) -> list[dict]:
     return [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_acc": v, "val_acc": v,
              "test_acc": t, "seconds": 1.0} for e, (v, t) in enumerate(zip(val, test))]
-
-
-def hand_stats(x: list[float]) -> tuple[float, float, float]:
-    """mean, sample std and 95% CI half-width by hand."""
-    x = np.asarray(x, dtype=float)
-    mean = x.sum() / len(x)
-    std = math.sqrt(((x - mean) ** 2).sum() / (len(x) - 1))
-    return mean, std, T975[len(x) - 1] * std / math.sqrt(len(x))
 
 
 # Two learning rates, 3 and 4 seeds; devices and result folders differ (bookkeeping).
@@ -258,7 +247,7 @@ def test_mnist_script_runs_each_seed_then_reports(tmp_path):
     np.savez(data, x=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
              y=np.repeat(np.arange(10), 10))
     out = tmp_path / "study"
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "3 4", "OUT": str(out)}
     result = subprocess.run(
         ["bash", str(root / "run" / "mnist_14k.sh"), "--epochs", "1", "--T1", "2", "--T2", "1",

@@ -18,13 +18,9 @@ from eplcanet.energy.networks import P_CNN
 from eplcanet.experiment import run
 from eplcanet.plots import plot_corruptions, plot_robustness
 from eplcanet.train import evaluate, train_epoch
+from helpers import DIGITS_CNN, copy_results, is_png
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T1, T2 = 10, 3
-
-
-def _is_png(path) -> bool:
-    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
 def _small_net(in_shape=(1, 8, 8), seed: int = 0) -> P_CNN:
@@ -224,7 +220,7 @@ def test_robustness_plots(tmp_path):
         for n in ("Linf", "L2")
         for e in (0.0, 0.5, 1.0)
     ]
-    assert _is_png(plot_robustness({"a": rows, "b": rows[:3]}, tmp_path / "r.png"))
+    assert is_png(plot_robustness({"a": rows, "b": rows[:3]}, tmp_path / "r.png"))
     path = rb.write_rows(
         [dict(r, n=1) for r in rows],
         ("norm", "epsilon", "accuracy", "accuracy_noise", "n"),
@@ -237,14 +233,14 @@ def test_robustness_plots(tmp_path):
         "accuracy_noise": 0.9375,
         "n": 1,
     }
-    assert _is_png(plot_robustness({"csv": path}, tmp_path))
+    assert is_png(plot_robustness({"csv": path}, tmp_path))
     assert (tmp_path / "robustness.png").is_file()
     crows = [{"corruption": "clean", "severity": 0, "accuracy": 0.9}] + [
         {"corruption": c, "severity": s, "accuracy": 0.9 - 0.1 * s}
         for c in ("jpeg", "contrast")
         for s in (1, 2, 3)
     ]
-    assert _is_png(plot_corruptions(crows, tmp_path / "c.png"))
+    assert is_png(plot_corruptions(crows, tmp_path / "c.png"))
     with pytest.raises(ValueError, match="non-empty"):
         plot_robustness({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="lack"):
@@ -299,14 +295,13 @@ def test_robustness_flag_defaults_and_choices(capsys):
 
 
 @pytest.mark.slow
-def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
-    arch = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
-    run(parse_args([*arch, "--epochs", "1", "--save", "--results-dir", str(tmp_path)]), argv=[])
-    (run_dir,) = tmp_path.glob("digits/EP/CNN/*/run_1")
+def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_results):
+    results = copy_results(digits_cnn_results, tmp_path / "results")  # the attack writes into it
+    (run_dir,) = results.glob("digits/EP/CNN/*/run_1")
     out = run(
         parse_args(
             [
-                *arch,
+                *DIGITS_CNN,
                 "--todo",
                 "attack",
                 "--load-path",
@@ -351,11 +346,11 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
     assert set(checks["check"]) <= {"accuracy_vanishes", "more_effort_never_helps",
                                      "black_box_not_better", "full_gradient_not_weaker"}
     assert "accuracy_vanishes" in set(checks["check"])
-    assert _is_png(run_dir / "attack.png") and out["csv"] == run_dir / "attack.csv"
+    assert is_png(run_dir / "attack.png") and out["csv"] == run_dir / "attack.csv"
     run(
         parse_args(
             [
-                *arch,
+                *DIGITS_CNN,
                 "--todo",
                 "corrupt",
                 "--load-path",
@@ -382,7 +377,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path):
     ]
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 40 for r in rows)
     assert rows[0]["accuracy"] * 40 == round(rows[0]["accuracy"] * 40)  # a count / n
-    assert _is_png(run_dir / "corruptions.png")
+    assert is_png(run_dir / "corruptions.png")
 
 
 def test_predictor_differentiates_through_the_lca_frontend():
@@ -437,14 +432,14 @@ def test_deployed_rows_keep_the_classifier_as_used():
 
 
 @pytest.mark.slow
-def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tmp_path):
+def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tmp_path,
+                                                                             digits_cnn_results):
     import pandas as pd
 
     from eplcanet.analysis import run_summary
 
-    arch = ["--channels", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--device", "cpu"]
-    run(parse_args([*arch, "--epochs", "1", "--save", "--results-dir", str(tmp_path)]), argv=[])
-    (run_dir,) = tmp_path.glob("digits/EP/CNN/*/run_1")
+    results = copy_results(digits_cnn_results, tmp_path / "results")  # the attacks write into it
+    (run_dir,) = results.glob("digits/EP/CNN/*/run_1")
     attack = ["--todo", "attack", "--load-path", str(run_dir), "--attacks", "pgd",
               "--attack-samples", "32", "--pgd-steps", "3", "--attack-norm", "Linf",
               "--epsilons", "0", "0.2", "--device", "cpu"]

@@ -4,7 +4,6 @@ table; bad input; and the study script's quick variant end to end."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 from pathlib import Path
@@ -17,9 +16,8 @@ from eplcanet import robustness_study as rs
 from eplcanet.attacks import RESULT_COLUMNS
 from eplcanet.robustness import main as robustness_main
 from eplcanet.runs import save_hyperparameters
+from helpers import ROOT, hand_stats
 
-ROOT = Path(__file__).resolve().parents[1]
-T975 = {1: 12.706204736, 2: 4.302652730}  # t_{0.975, df} from a printed table
 
 
 def _attacked_run(root: Path, name: str, hp: dict, accs: dict, flagged=()) -> Path:
@@ -37,13 +35,6 @@ def _attacked_run(root: Path, name: str, hp: dict, accs: dict, flagged=()) -> Pa
     pd.DataFrame(rows, columns=[*RESULT_COLUMNS, "masking_flags"]).to_csv(run / "attack.csv",
                                                                           index=False)
     return run
-
-
-def _hand(x: list[float]) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    mean = x.sum() / len(x)
-    half = T975[len(x) - 1] * math.sqrt(((x - mean) ** 2).sum() / (len(x) - 1)) / math.sqrt(len(x))
-    return mean, half
 
 
 @pytest.fixture
@@ -77,7 +68,7 @@ def test_each_seed_gives_its_strongest_attack_and_the_summary_its_mean_and_ci(st
     for _, row in summary.iterrows():
         per_seed = points[(points["model"] == row["model"]) & (points["epsilon"] == row["epsilon"])
                           & (points["kind"] == row["kind"])]["accuracy"].tolist()
-        mean, half = _hand(per_seed)
+        mean, _, half = hand_stats(per_seed)
         assert row["n_seeds"] == 3
         assert row["images"] == (10 if row["kind"] == "decision_based" else 100)
         assert row["mean"] == pytest.approx(mean)

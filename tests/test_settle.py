@@ -14,13 +14,7 @@ from eplcanet.energy.networks import P_CNN, P_MLP
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions are fastest (and least disturbed by other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 
 def _cnn(**relaxation):
