@@ -470,10 +470,8 @@ def run_todo(args: argparse.Namespace, net: EnergyNet, splits, device, run_dir: 
     check_args(args)
     net.eval()
     mean, std = dataset_normalization(splits.test)
+    # never empty: check_args keeps every --attack-step within the largest --predict-step
     pairs = step_pairs(args) if args.todo == "attack" else [(p, p) for p in args.predict_step]
-    if not pairs:
-        raise SystemExit(f"error: no --attack-step ({_shown(args.attack_step)}) is within a "
-                         f"--predict-step ({_shown(args.predict_step)})")
     try:
         models = [EquilibriumPredictor(net, p, a, mean, std).to(device) for p, a in pairs]
     except ValueError as exc:
@@ -550,6 +548,8 @@ def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
     ]
     wanted = args.attacks is None or "hopskipjump" in args.attacks
     hsj = min(args.hsj_samples, len(pixels)) if wanted else 0
+    decision = [attacks.AttackSpec("hopskipjump", norm, args.pgd_steps, 1, HSJ_EVALS)
+                for norm in epsilons]
     tables = []
     for model in models:
         classifier = attacks.art_classifier(
@@ -560,8 +560,6 @@ def _run_attacks(args, models, pixels, labels, epsilons, run_dir: Path, device):
             seed=args.seed, batch_size=args.mbs, progress=True,
         ))
         if hsj:
-            decision = [attacks.AttackSpec("hopskipjump", norm, args.pgd_steps, 1, HSJ_EVALS)
-                        for norm in epsilons]
             tables.append(attacks.attack_table(
                 classifier, pixels[:hsj], labels[:hsj], decision, epsilons, model.predict_step,
                 model.attack_step, seed=args.seed, batch_size=args.mbs, progress=True,

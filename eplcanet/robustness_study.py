@@ -102,7 +102,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     lines = []
     for _, r in summary.iterrows():
         half = (r["ci_high"] - r["ci_low"]) / 2
-        spread = f" +- {100 * half:4.1f}" if half == half else " (one seed: no CI)"
+        spread = f" +- {100 * half:4.1f}" if pd.notna(half) else " (one seed: no CI)"
         flag = f", FLAGGED in {r['seeds_flagged']} seed(s)" if r["seeds_flagged"] else ""
         lines.append(f"{r['task']:>12s} {r['model']:>12s} {r['norm']:>4s} eps {r['epsilon']:<6.4g}"
                      f" {r['kind']:>9s}: {100 * r['mean']:5.1f}%{spread} ({r['n_seeds']} seeds, "
