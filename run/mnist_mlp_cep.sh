@@ -3,23 +3,16 @@
 # et al. 2021's code (check/train_mnist_cep.sh): mysig neurons, the output layer nudged by the
 # squared error (no softmax readout), beta 0.2, T1 40 / T2 15, the weights moved by plain SGD
 # (no momentum) at 0.0056 / 0.0028 per layer after each of the 15 nudged steps, minibatches of
-# 20. The reference trains 100 epochs: EPOCHS (default 100; 1 to try it).
+# 20, 100 epochs.
 #
 #   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=100 SEED=0 bash run/mnist_mlp_cep.sh [flags]
 #
-# DATA_PATH defaults to ../shared/data/mnist-train-14k.npz (from the repository root); --task npz
-# splits it 81/9/10 into train / validation / test, seeded by --seed. Further flags go to
-# main_fast.py and win over the recipe's: --model VFMLP for the vector-field network (C-VF),
-# --cep-debug to print, each epoch, the summed per-step updates of the first minibatch against
-# one-shot EP. OUT (default ./results/mnist_mlp_cep/<date-time>) gets the run directory.
+# DATA_PATH, EPOCHS, SEED, OUT and the flags passed on: run/mnist_common.sh. Useful flags:
+# --model VFMLP for the vector-field network (C-VF), --cep-debug to print, each epoch, the summed
+# per-step updates of the first minibatch against one-shot EP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_PATH=${DATA_PATH:-../shared/data/mnist-train-14k.npz}
-EPOCHS=${EPOCHS:-100}
-SEED=${SEED:-0}
-OUT=${OUT:-./results/mnist_mlp_cep/$(date +%Y%m%d-%H%M%S)}
-
-python main_fast.py --task npz --data-path "$DATA_PATH" --model MLP --archi 784 512 10 \
-  --act mysig --loss mse --no-softmax --alg CEP --no-thirdphase --betas 0.0 0.2 --T1 40 --T2 15 \
-  --optim sgd --mmt 0 --lrs 0.0056 0.0028 --mbs 20 --epochs "$EPOCHS" --seed "$SEED" --save \
-  --results-dir "$OUT" "$@"
+source run/mnist_common.sh
+run_mnist mnist_mlp_cep 100 --model MLP --archi 784 512 10 --act mysig --loss mse --no-softmax \
+  --alg CEP --no-thirdphase --betas 0.0 0.2 --T1 40 --T2 15 --optim sgd --mmt 0 \
+  --lrs 0.0056 0.0028 --mbs 20 "$@"
