@@ -6,7 +6,7 @@
 
 import sys
 
-from eplcanet.cli import main
+from eplcanet.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

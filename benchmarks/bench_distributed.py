@@ -3,7 +3,7 @@
     python benchmarks/bench_distributed.py [--steps 8] [--launches 3] [--out docs/distributed-benchmark.md]
 
 Each process runs one torch thread and the gloo backend, as `torchrun --nproc_per_node=2` would
-on a CPU node, and trains on its half of every global minibatch (eplcanet.distributed). Only the
+on a CPU node, and trains on its half of every global minibatch (eplcanet.app.distributed). Only the
 training steps are timed (the data is loaded and batched beforehand, between barriers), so the
 numbers are the compute and the all-reduce of the EP gradient estimates (and, for LCACNN with a
 learning dictionary, the gather of the minibatch's codes), not process start-up. One-process and
@@ -39,11 +39,11 @@ if __package__ in (None, ""):  # run as a script: make `eplcanet` importable fro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import cpu_model
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.data import load_task
-from eplcanet.distributed import DistContext
-from eplcanet.experiment import build_model, build_optimizer, phases_of, seed_everything
-from eplcanet.train import train_epoch
+from eplcanet.app.distributed import DistContext
+from eplcanet.app.experiment import build_model, build_optimizer, phases_of, seed_everything
+from eplcanet.app.train import train_epoch
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.bench_lca import GramLCA
 from benchmarks.common import Row, bench_main, time_fn, time_pair
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.data import load_task, make_loader
 from eplcanet.energy.conditioning import agreement
 from eplcanet.energy.dynamics import relax, relax_autograd
@@ -59,9 +59,9 @@ from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads_autograd
 from eplcanet.energy.networks import P_CNN, EnergyNet
 from eplcanet.kernels.winograd import eligible
-from eplcanet.experiment import build_model, build_optimizer, phases_of
-from eplcanet.lca_experiment import build_lca_cnn
-from eplcanet.train import precision_context, train_epoch
+from eplcanet.app.experiment import build_model, build_optimizer, phases_of
+from eplcanet.app.lca import build_lca_cnn
+from eplcanet.app.train import precision_context, train_epoch
 
 # (name, in_shape, channels, kernel, padding, batch) as named in the project's issues.
 CONFIGS = {

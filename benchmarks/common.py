@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from eplcanet.entry import DEVICE_HELP, resolve_device
-from eplcanet.train import set_matmul_precision
+from eplcanet.app.entry import DEVICE_HELP, resolve_device
+from eplcanet.app.train import set_matmul_precision
 
 
 def positive_int(text: str) -> int:

@@ -34,8 +34,8 @@ from benchmarks.common import (
     peak_problem,
     positive_int,
 )
-from eplcanet.entry import DEVICE_HELP, resolve_device
-from eplcanet.train import set_matmul_precision
+from eplcanet.app.entry import DEVICE_HELP, resolve_device
+from eplcanet.app.train import set_matmul_precision
 
 SUITES = ("bench_lca", "bench_mp", "bench_ep")
 DISTRIBUTED = Path("docs/distributed-benchmark.md")

@@ -1,7 +1,7 @@
 """Adversarial attacks on energy-based networks, from the Adversarial Robustness Toolbox (ART),
 and the checks that tell robustness from gradient masking.
 
-The classifier. :func:`art_classifier` wraps an :class:`~eplcanet.robustness.EquilibriumPredictor`
+The classifier. :func:`art_classifier` wraps an :class:`~eplcanet.app.robustness.EquilibriumPredictor`
 (pixels in [0, 1] -> logits of the free equilibrium after ``predict_step`` steps, the gradient
 flowing through the last ``attack_step`` of them) in ART's ``PyTorchClassifier`` with clip values
 [0, 1], so every ART attack runs on pixels and perturbs what a reader would call the image.
@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .robustness import EquilibriumPredictor
+from .predictor import EquilibriumPredictor
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "hopskipjump")
 WHITE_BOX = ("pgd", "apgd-ce", "apgd-dlr")
@@ -302,7 +302,7 @@ def run_attack(
             f"labels must have shape ({pixels.shape[0]},) with N > 0, got {tuple(labels.shape)}"
         )
     if bool((pixels < 0).any()) or bool((pixels > 1).any()) or not bool(pixels.isfinite().all()):
-        raise ValueError("pixels must lie in [0, 1] (convert with robustness.to_pixels)")
+        raise ValueError("pixels must lie in [0, 1] (convert with eplcanet.predictor.to_pixels)")
     x = pixels.cpu().numpy()
     y = labels.cpu().numpy().astype(np.int64)
     counter = classifier.model

@@ -23,7 +23,7 @@ import re
 import shlex
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -204,6 +204,36 @@ def read_metrics(path: str | Path) -> list[dict[str, int | float | None]]:
             except ValueError as exc:
                 raise ValueError(f"{path}:{line_no}: {exc}") from exc
     return rows
+
+
+def write_rows(rows: list[dict], fields: Sequence[str], path: str | Path) -> Path:
+    """Write rows (dicts over fields) as a CSV file, atomically; returns the path."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(buffer.getvalue(), path)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of an attack.csv or corruptions.csv, numbers parsed (ints stay ints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+
+    def parse(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _format_metric(name: str, value: Any) -> str:

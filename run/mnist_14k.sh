@@ -23,4 +23,4 @@ for seed in $SEEDS; do
     --lr-decay --mbs 64 --epochs 5 --device cpu --seed "$seed" --save \
     --results-dir "$OUT/seed_$seed" "$@"
 done
-python -m eplcanet.report "$OUT" --out "$OUT/report"
+python -m eplcanet.app.report "$OUT" --out "$OUT/report"

@@ -42,8 +42,8 @@ def hand_stats(x: list[float]) -> tuple[float, float, float]:
 
 def main_fast(*argv: str) -> dict:
     """What ``python main_fast.py ARGV`` does, in this process (saves a torch import per run)."""
-    from eplcanet.cli import parse_args
-    from eplcanet.experiment import run
+    from eplcanet.app.cli import parse_args
+    from eplcanet.app.experiment import run
 
     return run(parse_args(list(argv)), argv=["main_fast.py", *argv])
 

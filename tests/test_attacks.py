@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("art")
 
 from eplcanet import attacks as at  # noqa: E402
-from eplcanet import robustness as rb  # noqa: E402
+from eplcanet import predictor as pred
 from eplcanet.data import load_task, make_loader  # noqa: E402
 from eplcanet.energy.dynamics import relax  # noqa: E402
 from eplcanet.energy.learning import Phases  # noqa: E402
 from eplcanet.energy.networks import P_CNN  # noqa: E402
-from eplcanet.train import evaluate, train_epoch  # noqa: E402
+from eplcanet.app.train import evaluate, train_epoch  # noqa: E402
 
 PREDICT, ATTACK = 10, 3
 SHAPE = (1, 8, 8)
@@ -39,8 +39,8 @@ def digits_net():
                     phases, "cpu")
     net.eval()
     assert evaluate(net, make_loader(splits.test, 256, shuffle=False), PREDICT, "cpu") > 0.8
-    pixels, labels = rb.dataset_pixels(splits.test, torch.arange(100))
-    predictor = rb.EquilibriumPredictor(net, PREDICT, ATTACK)
+    pixels, labels = pred.dataset_pixels(splits.test, torch.arange(100))
+    predictor = pred.EquilibriumPredictor(net, PREDICT, ATTACK)
     return net, predictor, at.art_classifier(predictor, SHAPE, 10), pixels, labels
 
 

@@ -96,7 +96,7 @@ def test_benchmark_devices_go_through_the_application_resolver(monkeypatch):
     """--devices resolves each name as main_fast.py's --device does (same errors), and refuses
     two of one kind: BENCHMARKS.md has one CPU and one GPU section, a second would overwrite."""
     from benchmarks.run import resolve_devices
-    from eplcanet.entry import resolve_device
+    from eplcanet.app.entry import resolve_device
 
     assert resolve_devices(["cpu"]) == {"cpu": torch.device("cpu")}
     for bad in ("tpu", "cpu:0"):

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.energy.dynamics import relax, relax_autograd
 from eplcanet.energy.learning import (Phases, cep_grads, cep_step_traces, cep_vs_ep, ep_grads,
                                       estimate_grads, gdu_metrics, gdu_traces)
 from eplcanet.energy.networks import P_MLP, VF_MLP
-from eplcanet.experiment import run
-from eplcanet.train import train_epoch
+from eplcanet.app.experiment import run
+from eplcanet.app.train import train_epoch
 
 D = torch.float64
 ARCHI = [6, 5, 4, 3]

@@ -1,11 +1,11 @@
-"""python -m eplcanet.diagnose: the conditioning diagnostic with main_fast.py's flags."""
+"""python -m eplcanet.app.diagnose: the conditioning diagnostic with main_fast.py's flags."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from eplcanet.diagnose import main
+from eplcanet.app.diagnose import main
 
 TINY = ["--channels", "4", "8", "--T1", "6", "--T2", "2", "--thirdphase", "--betas", "0", "0.5"]
 

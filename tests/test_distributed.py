@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.data import ImageDataset, make_loader
-from eplcanet.distributed import DistContext, session, shard_bounds
-from eplcanet.experiment import run
+from eplcanet.app.distributed import DistContext, session, shard_bounds
+from eplcanet.app.experiment import run
 from eplcanet.sparse import load_dictionary, save_dictionary
 from helpers import ROOT, main_fast_command, metrics_rows
 
@@ -181,7 +181,7 @@ def _worker(rank: int, world: int, port: int, argvs: list[list[str]], out: str,
     try:
         for i, argv in enumerate(argvs):
             if i == len(argvs) - 1 and rank == fail_last_on:
-                from eplcanet import experiment
+                from eplcanet.app import experiment
 
                 def broken(*args, **kwargs):
                     raise RuntimeError(f"injected failure on rank {rank}")

@@ -172,7 +172,7 @@ def test_batched_plus_minus_phases_equal_sequential_phases():
 
 
 def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
-    from eplcanet.train import precision_context
+    from eplcanet.app.train import precision_context
 
     torch.manual_seed(9)
     net = _cnn(softmax=True, loss="cel").float()
@@ -197,7 +197,7 @@ def test_bf16_autocast_keeps_fp32_states_and_close_gradients():
 def test_update_runs_in_fp32_under_bf16_autocast():
     # The EP estimate divides a difference of two nearly equal gradients by beta: under bf16
     # it would lose most of its digits, so phi_param_grads must leave autocast.
-    from eplcanet.train import precision_context
+    from eplcanet.app.train import precision_context
 
     torch.manual_seed(10)
     net = _cnn(softmax=True, loss="cel").float()

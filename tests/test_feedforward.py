@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.energy.activations import get_activation
 from eplcanet.energy.dynamics import Relaxation, relax
 from eplcanet.energy.feedforward import FF_CNN, bp_grads
 from eplcanet.energy.networks import P_CNN
-from eplcanet.experiment import run
+from eplcanet.app.experiment import run
 
 # the MNIST recipe's shape on 8x8 digits: two conv layers with max-pooling, an fc readout
 ARCH = dict(in_shape=(1, 8, 8), channels=[4, 8], kernels=[3, 3], strides=[1, 1], paddings=[1, 1],

@@ -1,6 +1,6 @@
 """Holomorphic EP (--alg hEP, eplcanet.energy.holomorphic) against the exact gradient of the loss
 at the free equilibrium, computed independently by implicit differentiation
-(``eplcanet.estimator_bias.implicit_grads``): the fixed point s* = sigma(dPhi/ds(s*)) with
+(``eplcanet.app.estimator_bias.implicit_grads``): the fixed point s* = sigma(dPhi/ds(s*)) with
 dPhi/ds by autograd of EnergyNet.phi (not the closed forms the relaxation uses), its Jacobian J
 by autograd, and
 
@@ -12,14 +12,14 @@ In float64, on a small P_MLP and on a P_CNN with an average-pooled and an unpool
 import pytest
 import torch
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.energy.activations import ACTIVATIONS
 from eplcanet.energy.holomorphic import check_holomorphic, complex_dtype, hep_grads
 from eplcanet.energy.learning import (Phases, _params, bptt_grads, ep_grads, estimate_grads,
                                       gdu_traces)
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
-from eplcanet.estimator_bias import implicit_grads
-from eplcanet.experiment import phases_of, run
+from eplcanet.app.estimator_bias import implicit_grads
+from eplcanet.app.experiment import phases_of, run
 from eplcanet.kernels import native
 from eplcanet.kernels.winograd import WinogradConvs
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 
@@ -11,16 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from eplcanet.entry import EXIT_USAGE, run_command
+from eplcanet.app import dictlearning as script
+from eplcanet.app.entry import EXIT_USAGE, run_command
 from eplcanet.sparse import load_dictionary
 from helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run on one thread
 
 _SCRIPT = ROOT / "cifar_dictlearning.py"
-_spec = importlib.util.spec_from_file_location("cifar_dictlearning", _SCRIPT)
-script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
 
 TINY = ["--n-eval", "8", "--epochs", "1", "--mbs", "8", "--lca_feats", "8", "--lca_iters", "10"]
 TINY += ["--eval-iters", "10", "--lca_ksize", "5"]

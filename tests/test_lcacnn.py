@@ -7,17 +7,16 @@ import os
 import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.energy.dynamics import autograd_step, relax, step
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, gdu_metrics, gdu_traces
-from eplcanet.experiment import _load_trained, build_model, run, seed_everything
+from eplcanet.app.experiment import _load_trained, build_model, run, seed_everything
 from eplcanet.sparse import load_dictionary, make_sparse_coder, save_dictionary
 from helpers import ROOT
 
@@ -393,11 +392,10 @@ def _validate_call(argv: list[str]) -> None:
     if script == "main_fast.py":
         parse_args(flags)
     elif script == "cifar_dictlearning.py":
-        sys.path.insert(0, str(ROOT))
-        import cifar_dictlearning
+        from eplcanet.app import dictlearning
 
-        args = cifar_dictlearning.parse_args(flags)
-        cifar_dictlearning.check_args(args)
+        args = dictlearning.parse_args(flags)
+        dictlearning.check_args(args)
         channels = 1 if args.task in ("digits", "MNIST", "FashionMNIST") else 3
         w = torch.randn(args.lca_feats, channels, args.lca_ksize, args.lca_ksize)
         save_dictionary(args.out, w / w.flatten(1).norm(dim=1)[:, None, None, None], {})

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eplcanet import runs
-from eplcanet.cli import parse_args
-from eplcanet.experiment import run
+from eplcanet.app.cli import parse_args
+from eplcanet.app.experiment import run
 from helpers import metrics_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -142,7 +142,7 @@ def test_missing_checkpoint_is_reported_before_work(tmp_path):
 
 
 def test_alternate_update_order_trains_and_is_recorded(tmp_path, capsys):
-    from eplcanet.experiment import build_model
+    from eplcanet.app.experiment import build_model
 
     argv = ["--updates", "alternate", "--T1", "10", "--T2", "2", "--epochs", "1", "--device",
             "cpu", "--save", "--results-dir", str(tmp_path)]

@@ -1,4 +1,4 @@
-"""Tests of eplcanet.plots: figures are written as PNGs, bad input is refused clearly."""
+"""Tests of eplcanet.app.plots: figures are written as PNGs, bad input is refused clearly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eplcanet.plots import plot_curves, plot_gdu, plot_neural_activity
+from eplcanet.app.plots import plot_curves, plot_gdu, plot_neural_activity
 from eplcanet.runs import MetricsLog
 from helpers import is_png
 
@@ -24,7 +24,7 @@ def _rows(n: int = 5) -> list[dict]:
 def test_importing_and_plotting_never_loads_pyplot(tmp_path):
     # pyplot would select a (possibly GUI) backend as a global side effect.
     code = (
-        "import sys, torch; from eplcanet.plots import plot_neural_activity; "
+        "import sys, torch; from eplcanet.app.plots import plot_neural_activity; "
         f"plot_neural_activity([torch.rand(3)], {str(tmp_path)!r}); "
         "assert 'matplotlib.pyplot' not in sys.modules"
     )

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from eplcanet import runs
-from eplcanet.cli import main
-from eplcanet.entry import EXIT_DIVERGED, EXIT_USAGE
+from eplcanet.app.cli import main
+from eplcanet.app.entry import EXIT_DIVERGED, EXIT_USAGE
 from helpers import main_fast_command, metrics_rows
 
 TINY = ["--channels", "4", "8", "--T1", "6", "--T2", "2", "--mbs", "64", "--epochs", "1"]
@@ -127,8 +127,8 @@ def test_divergence_stops_with_exit_code_3_and_keeps_what_was_saved(trained_run,
 
 def test_a_nan_gradient_is_caught_at_its_minibatch():
     from eplcanet.energy.networks import P_MLP
-    from eplcanet.entry import Diverged
-    from eplcanet.train import DivergenceWatch
+    from eplcanet.app.entry import Diverged
+    from eplcanet.app.train import DivergenceWatch
 
     net = P_MLP([4, 5, 3], act="tanh")
     watch = DivergenceWatch(net, "cpu")
@@ -145,7 +145,7 @@ def test_a_nan_gradient_is_caught_at_its_minibatch():
 
 # ------------------------------------------------------------------------------ signals
 def test_a_repeated_sigterm_is_one_request_and_a_second_ctrl_c_stops_at_once():
-    from eplcanet.train import StopSignals
+    from eplcanet.app.train import StopSignals
 
     with StopSignals():
         pass
@@ -276,7 +276,7 @@ def test_tensorboard_needs_a_run_directory(capsys):
 def test_a_run_recorded_with_the_hep_points_default_still_loads(tmp_path):
     """Runs saved while --hep-points defaulted to 4 for every --alg carry it in their record; it
     is dropped unless the run is an hEP run, whose own value stays."""
-    from eplcanet.cli import parse_args
+    from eplcanet.app.cli import parse_args
 
     for alg, want in (("EP", None), ("hEP", 6)):
         run_dir = tmp_path / alg

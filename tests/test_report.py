@@ -1,4 +1,4 @@
-"""Tests of eplcanet.report: grouping of runs into configurations and the per-seed statistics,
+"""Tests of eplcanet.app.report: grouping of runs into configurations and the per-seed statistics,
 checked against a hand computation with numpy and Student-t quantiles from a table."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eplcanet import report
-from eplcanet.robustness import CORRUPTION_FIELDS, write_rows
+from eplcanet.app import report
+from eplcanet.corruptions import CORRUPTION_FIELDS
+from eplcanet.runs import write_rows
 from eplcanet.runs import MetricsLog, save_hyperparameters
 from helpers import ROOT, hand_stats
 
@@ -151,7 +152,7 @@ def test_robustness_summaries_are_reported(tmp_path):
 
 
 def test_attack_summaries_are_the_strongest_attack_per_kind(tmp_path):
-    from eplcanet.analysis import strongest_attacks
+    from eplcanet.app.analysis import strongest_attacks
     from eplcanet.attacks import BLACK_BOX, RESULT_COLUMNS, WHITE_BOX
 
     rng = np.random.default_rng(0)
@@ -230,7 +231,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys):
 def test_module_entry_point(study_dir):
     out = study_dir / "cli_report"
     result = subprocess.run(
-        [sys.executable, "-m", "eplcanet.report", str(study_dir), "--out", str(out),
+        [sys.executable, "-m", "eplcanet.app.report", str(study_dir), "--out", str(out),
          "--metrics", "best_val_acc", "--curves", "val_acc"],
         capture_output=True, text=True, check=False,
     )

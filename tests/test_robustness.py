@@ -1,4 +1,4 @@
-"""Tests of eplcanet.robustness: the differentiable predictor, PGD's sanity properties on a small
+"""Tests of eplcanet.app.robustness: the differentiable predictor, PGD's sanity properties on a small
 trained network, the corruptions, the robustness flags and main_fast.py --todo attack / corrupt."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ import re
 import pytest
 import torch
 
-from eplcanet import robustness as rb
-from eplcanet.cli import parse_args
+from eplcanet import predictor as pred
+from eplcanet import corruptions as corr
+from eplcanet import runs as run_files
+from eplcanet.app import robustness as rb
+from eplcanet.app.cli import parse_args
 from eplcanet.data import CIFAR_MEAN, CIFAR_STD, ImageDataset, load_task, make_loader
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import Phases
 from eplcanet.energy.networks import P_CNN
-from eplcanet.experiment import run
-from eplcanet.plots import plot_corruptions, plot_robustness
-from eplcanet.train import evaluate, train_epoch
+from eplcanet.app.experiment import run
+from eplcanet.app.plots import plot_corruptions, plot_robustness
+from eplcanet.app.train import evaluate, train_epoch
 from helpers import DIGITS_CNN, copy_results, is_png
 
 T1, T2 = 10, 3
@@ -45,7 +48,7 @@ def trained():
     net.eval()
     acc = evaluate(net, make_loader(splits.test, 256, shuffle=False), T1, "cpu")
     assert acc > 0.8, f"the fixture network did not learn (test accuracy {acc:.3f})"
-    pixels, labels = rb.dataset_pixels(splits.test, torch.arange(200))
+    pixels, labels = pred.dataset_pixels(splits.test, torch.arange(200))
     return net, pixels, labels
 
 
@@ -60,7 +63,7 @@ def test_predictor_gives_the_free_equilibrium_logits_in_any_grad_mode():
     with torch.no_grad():
         expected = net.output(relax(net, net.input_drive(x), net.init_states(5), T1))
     for attack_step in (1, T2, T1):
-        model = rb.EquilibriumPredictor(net, T1, attack_step, CIFAR_MEAN, CIFAR_STD)
+        model = pred.EquilibriumPredictor(net, T1, attack_step, CIFAR_MEAN, CIFAR_STD)
         with torch.no_grad():
             torch.testing.assert_close(model(pixels), expected)
         torch.testing.assert_close(model(pixels.requires_grad_(True)), expected)
@@ -85,28 +88,28 @@ def test_predictor_gradient_is_bptt_through_the_last_attack_steps():
         return net.output(relax(net, net.input_drive(p), s, k))
 
     for k in (2, T1):
-        model = rb.EquilibriumPredictor(net, T1, k)
+        model = pred.EquilibriumPredictor(net, T1, k)
         g = grad_of(model)
         torch.testing.assert_close(g, grad_of(lambda p, k=k: truncated(p, k)))
         assert g.abs().sum() > 0
     # Fewer unrolled steps give a different (truncated) gradient.
     assert not torch.allclose(
-        grad_of(rb.EquilibriumPredictor(net, T1, 2)), grad_of(rb.EquilibriumPredictor(net, T1, T1))
+        grad_of(pred.EquilibriumPredictor(net, T1, 2)), grad_of(pred.EquilibriumPredictor(net, T1, T1))
     )
     # One step cannot carry the gradient from the output back through two layers.
     with pytest.raises(ValueError, match="number of layers"):
-        rb.EquilibriumPredictor(net, T1, 1)
+        pred.EquilibriumPredictor(net, T1, 1)
 
 
 def test_to_pixels_undoes_the_dataset_normalisation():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     ds = ImageDataset(images, torch.zeros(6, dtype=torch.long), mean=CIFAR_MEAN, std=CIFAR_STD)
     x = torch.stack([ds[i][0] for i in range(6)])
-    mean, std = rb.dataset_normalization(ds)
-    torch.testing.assert_close(rb.to_pixels(x, mean, std), images.float() / 255, atol=1e-6, rtol=0)
-    pixels, _ = rb.dataset_pixels(ds)
+    mean, std = pred.dataset_normalization(ds)
+    torch.testing.assert_close(pred.to_pixels(x, mean, std), images.float() / 255, atol=1e-6, rtol=0)
+    pixels, _ = pred.dataset_pixels(ds)
     assert torch.equal(pixels, images.float() / 255)
-    assert rb.dataset_normalization(ImageDataset(images, torch.zeros(6, dtype=torch.long))) == (
+    assert pred.dataset_normalization(ImageDataset(images, torch.zeros(6, dtype=torch.long))) == (
         None,
         None,
     )
@@ -123,7 +126,7 @@ def test_to_pixels_undoes_the_dataset_normalisation():
 )
 def test_predictor_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        rb.EquilibriumPredictor(_small_net(), **kwargs)
+        pred.EquilibriumPredictor(_small_net(), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,10 +143,10 @@ def test_corruptions_grow_with_severity_and_stay_in_range(channels):
     # Smooth images (JPEG keeps noise-like images almost as badly at every quality).
     low = torch.rand(16, channels, 4, 4)
     x = torch.nn.functional.interpolate(low, size=(16, 16), mode="bilinear") * 0.8 + 0.1
-    for name in rb.CORRUPTIONS:
+    for name in corr.CORRUPTIONS:
         errors = []
-        for s in rb.SEVERITIES:
-            out = rb.corrupt(x, name, s, generator=torch.Generator().manual_seed(s))
+        for s in corr.SEVERITIES:
+            out = corr.corrupt(x, name, s, generator=torch.Generator().manual_seed(s))
             assert out.shape == x.shape and out.dtype == x.dtype, name
             assert out.min() >= 0 and out.max() <= 1, name
             errors.append((out - x).abs().mean().item())
@@ -156,47 +159,47 @@ def test_corruptions_grow_with_severity_and_stay_in_range(channels):
 def test_corruptions_by_their_definition():
     torch.manual_seed(0)
     grey = torch.rand(4, 1, 8, 8)
-    c = rb.SEVERITY_PARAMS["brightness"][2]
-    torch.testing.assert_close(rb.corrupt(grey, "brightness", 3), (grey + c).clamp(0, 1))
+    c = corr.SEVERITY_PARAMS["brightness"][2]
+    torch.testing.assert_close(corr.corrupt(grey, "brightness", 3), (grey + c).clamp(0, 1))
     rgb = torch.rand(4, 3, 8, 8) * 0.5
-    out = rb.corrupt(rgb, "brightness", 3)
+    out = corr.corrupt(rgb, "brightness", 3)
     # Hue and saturation are kept: the colour is scaled, its value raised by c.
     torch.testing.assert_close(out.amax(1), rgb.amax(1) + c)
     torch.testing.assert_close(out / out.amax(1, keepdim=True), rgb / rgb.amax(1, keepdim=True))
-    k = rb.SEVERITY_PARAMS["contrast"][4]
-    out = rb.corrupt(rgb, "contrast", 5)
+    k = corr.SEVERITY_PARAMS["contrast"][4]
+    out = corr.corrupt(rgb, "contrast", 5)
     torch.testing.assert_close(out.mean(dim=(1, 2, 3)), rgb.mean(dim=(1, 2, 3)))
     torch.testing.assert_close(out.std(dim=(1, 2, 3)), k * rgb.std(dim=(1, 2, 3)))
     flat = torch.full((2, 1, 8, 8), 0.5)
-    torch.testing.assert_close(rb.corrupt(flat, "gaussian_blur", 5), flat)
-    noisy = rb.corrupt(flat, "impulse_noise", 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(corr.corrupt(flat, "gaussian_blur", 5), flat)
+    noisy = corr.corrupt(flat, "impulse_noise", 5, generator=torch.Generator().manual_seed(0))
     changed = noisy != 0.5
     assert set(noisy[changed].tolist()) <= {0.0, 1.0}
-    assert abs(changed.float().mean().item() - rb.SEVERITY_PARAMS["impulse_noise"][4]) < 0.05
-    g = rb.corrupt(flat, "gaussian_noise", 5, generator=torch.Generator().manual_seed(0))
-    assert abs((g - flat).std().item() - rb.SEVERITY_PARAMS["gaussian_noise"][4]) < 0.02
-    a = rb.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
-    b = rb.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
+    assert abs(changed.float().mean().item() - corr.SEVERITY_PARAMS["impulse_noise"][4]) < 0.05
+    g = corr.corrupt(flat, "gaussian_noise", 5, generator=torch.Generator().manual_seed(0))
+    assert abs((g - flat).std().item() - corr.SEVERITY_PARAMS["gaussian_noise"][4]) < 0.02
+    a = corr.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
+    b = corr.corrupt(grey, "shot_noise", 2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
 
 
 def test_corrupt_refuses_bad_arguments():
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="gaussian_noise"):
-        rb.corrupt(x, "fog", 1)
+        corr.corrupt(x, "fog", 1)
     with pytest.raises(ValueError, match="severity"):
-        rb.corrupt(x, "contrast", 6)
+        corr.corrupt(x, "contrast", 6)
     with pytest.raises(ValueError, match="shape"):
-        rb.corrupt(x[0], "contrast", 1)
+        corr.corrupt(x[0], "contrast", 1)
 
 
 def test_evaluate_corruptions_rows(trained):
     net, pixels, labels = trained
-    model = rb.EquilibriumPredictor(net, T1, T2)
-    rows = rb.evaluate_corruptions(
+    model = pred.EquilibriumPredictor(net, T1, T2)
+    rows = corr.evaluate_corruptions(
         model, pixels, labels, ["gaussian_noise", "contrast"], [1, 5], progress=False
     )
-    clean = int((rb.predict(model, pixels) == labels).sum()) / len(labels)
+    clean = int((pred.predict(model, pixels) == labels).sum()) / len(labels)
     assert rows[0] == {
         "corruption": "clean",
         "severity": 0,
@@ -221,12 +224,12 @@ def test_robustness_plots(tmp_path):
         for e in (0.0, 0.5, 1.0)
     ]
     assert is_png(plot_robustness({"a": rows, "b": rows[:3]}, tmp_path / "r.png"))
-    path = rb.write_rows(
+    path = run_files.write_rows(
         [dict(r, n=1) for r in rows],
         ("norm", "epsilon", "accuracy", "accuracy_noise", "n"),
         tmp_path / "attack.csv",
     )
-    assert rb.read_rows(path)[1] == {
+    assert run_files.read_rows(path)[1] == {
         "norm": "Linf",
         "epsilon": 0.5,
         "accuracy": 0.875,
@@ -287,7 +290,7 @@ def test_robustness_flag_defaults_and_choices(capsys):
     args = parse_args(["--todo", "attack", "--load-path", "r", "--predict-step", "8", "4", "8",
                        "--attack-step", "2", "6"])
     assert rb.step_pairs(args) == [(4, 2), (8, 2), (8, 6)]  # sorted, no repeats, a <= p
-    assert args.corruptions == list(rb.CORRUPTIONS) and args.severities == [1, 2, 3, 4, 5]
+    assert args.corruptions == list(corr.CORRUPTIONS) and args.severities == [1, 2, 3, 4, 5]
     for bad in (["--corruptions", "fog"], ["--severities", "6"], ["--attack-norm", "L1"]):
         with pytest.raises(SystemExit):
             parse_args(["--todo", "corrupt", "--load-path", "r", *bad])
@@ -339,7 +342,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
     # eps 0: every attack leaves the clean accuracy (of its images)
     assert at0[~hsj]["accuracy"].nunique() == 1
     assert (at3["accuracy"].to_numpy() <= at0["accuracy"].to_numpy()).all()
-    curves = rb.attack_curves("EP", rb.read_rows(run_dir / "attack.csv"))
+    curves = rb.attack_curves("EP", run_files.read_rows(run_dir / "attack.csv"))
     assert [len(c) for c in curves.values()] == [2] * len(runs)
     assert list(curves) == [f"EP, {a} {s}x{r}" for a, s, r in runs]
     checks = pd.read_csv(run_dir / "masking_checks.csv")
@@ -367,7 +370,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
         ),
         argv=[],
     )
-    rows = rb.read_rows(run_dir / "corruptions.csv")
+    rows = run_files.read_rows(run_dir / "corruptions.csv")
     assert [(r["corruption"], r["severity"]) for r in rows] == [
         ("clean", 0),
         ("jpeg", 1),
@@ -381,7 +384,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
 
 
 def test_predictor_differentiates_through_the_lca_frontend():
-    from eplcanet.experiment import build_model
+    from eplcanet.app.experiment import build_model
 
     args = parse_args(
         [
@@ -407,7 +410,7 @@ def test_predictor_differentiates_through_the_lca_frontend():
     )
     torch.manual_seed(0)
     net = build_model(args, (1, 8, 8), 10).eval()
-    model = rb.EquilibriumPredictor(net, 8, 4)
+    model = pred.EquilibriumPredictor(net, 8, 4)
     pixels = torch.rand(3, 1, 8, 8, requires_grad=True)
     logits = model(pixels)
     with torch.no_grad():
@@ -436,7 +439,7 @@ def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tm
                                                                              digits_cnn_results):
     import pandas as pd
 
-    from eplcanet.analysis import run_summary
+    from eplcanet.app.analysis import run_summary
 
     results = copy_results(digits_cnn_results, tmp_path / "results")  # the attacks write into it
     (run_dir,) = results.glob("digits/EP/CNN/*/run_1")
@@ -465,7 +468,7 @@ def test_what_is_not_a_classifier_or_not_pixels_is_refused(tmp_path):
         parse_args(["--todo", "attack", "--load-path", str(dictionary_run)])
     scaled = ImageDataset(torch.full((4, 1, 8, 8), 3.0), torch.arange(4))  # not in [0, 1]
     with pytest.raises(ValueError, match=r"not pixels in \[0, 1\] \(range \[3, 3\]\)"):
-        rb.dataset_pixels(scaled)
-    pixels, _ = rb.dataset_pixels(ImageDataset(torch.full((4, 1, 8, 8), 255, dtype=torch.uint8),
+        pred.dataset_pixels(scaled)
+    pixels, _ = pred.dataset_pixels(ImageDataset(torch.full((4, 1, 8, 8), 255, dtype=torch.uint8),
                                                torch.arange(4)))
     assert pixels.max() == 1.0  # uint8 images are scaled

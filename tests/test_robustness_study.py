@@ -1,4 +1,4 @@
-"""Tests of eplcanet.robustness_study: the per-seed strongest attacks and their mean and 95%
+"""Tests of eplcanet.app.robustness_study: the per-seed strongest attacks and their mean and 95%
 confidence interval, checked against a hand computation with Student-t quantiles from a printed
 table; bad input; and the study script's quick variant end to end."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eplcanet import robustness_study as rs
+from eplcanet.app import robustness_study as rs
 from eplcanet.attacks import RESULT_COLUMNS
-from eplcanet.robustness import main as robustness_main
+from eplcanet.app.robustness import main as robustness_main
 from eplcanet.runs import save_hyperparameters
 from helpers import ROOT, hand_stats
 

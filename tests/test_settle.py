@@ -161,7 +161,7 @@ TINY_CLI = "--channels 4 8 --T1 60 --T2 20 --mbs 256 --epochs 2 --device cpu".sp
 
 @pytest.mark.parametrize("value", ["0", "-1e-6", "nan", "inf", "tiny"])
 def test_bad_tol_flag_is_refused_before_work(value, capsys):
-    from eplcanet.cli import parse_args
+    from eplcanet.app.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(TINY_CLI + [f"--tol={value}"])
@@ -169,7 +169,7 @@ def test_bad_tol_flag_is_refused_before_work(value, capsys):
 
 
 def test_tol_flag_with_bptt_is_refused():
-    from eplcanet.cli import parse_args
+    from eplcanet.app.cli import parse_args
 
     with pytest.raises(SystemExit, match="--tol applies to --alg EP"):
         parse_args(TINY_CLI + ["--tol", "1e-5", "--alg", "BPTT"])
@@ -177,8 +177,8 @@ def test_tol_flag_with_bptt_is_refused():
 
 def test_tol_run_logs_the_steps_per_epoch_and_gducheck_shows_them(tmp_path, capsys):
     from eplcanet import runs
-    from eplcanet.cli import parse_args
-    from eplcanet.experiment import build_model, run
+    from eplcanet.app.cli import parse_args
+    from eplcanet.app.experiment import build_model, run
 
     argv = TINY_CLI + ["--tol", "1e-5", "--save", "--results-dir", str(tmp_path)]
     args = parse_args(argv)

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.energy.dynamics import relax, step
 from eplcanet.energy.learning import Phases, ep_grads
 from eplcanet.energy.networks import P_MLP, VF_MLP
-from eplcanet.experiment import run
+from eplcanet.app.experiment import run
 
 D = torch.float64
 ARCHI = [6, 5, 4, 3]

@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 
-from eplcanet.cli import parse_args
+from eplcanet.app.cli import parse_args
 from eplcanet.data import WithIndex, load_task, make_loader
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import Phases, StateBank
 from eplcanet.energy.networks import P_CNN
-from eplcanet.experiment import run
-from eplcanet.train import train_epoch
+from eplcanet.app.experiment import run
+from eplcanet.app.train import train_epoch
 
 
 def _net():
@@ -82,8 +82,8 @@ def test_warm_start_trains_from_the_command_line(tmp_path, capsys):
 
 
 def test_warm_start_under_torchrun_is_refused_before_any_work(tmp_path):
-    from eplcanet.distributed import DistContext
-    from eplcanet.experiment import _run
+    from eplcanet.app.distributed import DistContext
+    from eplcanet.app.experiment import _run
 
     argv = ["--warm-start", "5", "--device", "cpu", "--save", "--results-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="--warm-start runs in a single process"):

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.lines import Line2D
 
-from eplcanet.runs import read_metrics
+from ..runs import read_metrics
 
 GDU_ESTIMATORS = ("bptt", "ep_onesided", "ep_symmetric")
 # BPTT solid, the EP estimators dashed (symmetric) and dash-dotted (one-sided).
@@ -189,12 +189,12 @@ def plot_gdu(traces: dict[str, dict[str, Any]], out_dir: str | Path) -> list[Pat
 
 
 # --------------------------------------------------------------------------------------------
-# Robustness (rows as eplcanet.robustness writes them to attack.csv / corruptions.csv)
+# Robustness (rows as eplcanet.app.robustness writes them to attack.csv / corruptions.csv)
 
 
 def _rows_of(rows: str | Path | list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
     if isinstance(rows, (str, Path)):
-        from eplcanet.robustness import read_rows
+        from ..runs import read_rows
 
         rows = read_rows(rows)
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
@@ -282,7 +282,7 @@ def plot_step_study(table, path: str | Path, label: str = "") -> Path:
     accuracy under the strongest white-box attack against the attacker's relaxation steps
     (attack_step), one line per prediction's steps (predict_step), one panel per (norm, epsilon
     > 0); the clean accuracy at each predict step is the dotted line of its colour."""
-    from eplcanet.attacks import WHITE_BOX
+    from ..attacks import WHITE_BOX
 
     wb = table[table["attack"].isin(WHITE_BOX)]
     best = wb.groupby(["norm", "epsilon", "predict_step", "attack_step"], as_index=False)[

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .energy.dynamics import settle
-from .energy.learning import Phases, StateBank, cep_vs_ep, estimate_grads
-from .energy.networks import EnergyNet
+from ..energy.dynamics import settle
+from ..energy.learning import Phases, StateBank, cep_vs_ep, estimate_grads
+from ..energy.networks import EnergyNet
 from .entry import Diverged
-from .runs import get_rng_state, set_rng_state
+from ..runs import get_rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from .distributed import DistContext

@@ -1,6 +1,6 @@
 """Multi-seed studies: mean, standard deviation and 95% confidence interval per configuration.
 
-    python -m eplcanet.report RUN_DIR... [--out DIR] [--metrics NAME...] [--curves NAME...]
+    python -m eplcanet.app.report RUN_DIR... [--out DIR] [--metrics NAME...] [--curves NAME...]
 
 Each RUN_DIR is a run directory (metrics.csv + hyperparameters.json, as ``main_fast.py --save``
 writes) or a directory above runs (every run below it is read). Runs are grouped into
@@ -20,7 +20,7 @@ Written to --out (default ./results/report):
 
 Metrics are data-driven: the final-epoch accuracies, the best validation accuracy and the test
 accuracy at that epoch, plus whatever robustness summaries the runs hold (attack.csv,
-corruptions.csv; see eplcanet.analysis.run_summary), so robustness studies use the same
+corruptions.csv; see eplcanet.app.analysis.run_summary), so robustness studies use the same
 command. Every input is checked before anything is written.
 """
 
@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from eplcanet.analysis import find_runs, run_summary
-from eplcanet.entry import Parser
-from eplcanet.runs import atomic_write_text, load_hyperparameters, read_metrics
+from .analysis import find_runs, run_summary
+from .entry import Parser
+from ..runs import atomic_write_text, load_hyperparameters, read_metrics
 
 # Hyperparameters that never make two runs different configurations: the seed (the runs of a
 # configuration are its seeds) and bookkeeping that does not change what is computed.
@@ -313,7 +313,7 @@ def plot_curves(study: Study, metrics: Sequence[str], path: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
-        prog="python -m eplcanet.report",
+        prog="python -m eplcanet.app.report",
         description="Mean, std and 95%% confidence interval (Student t) over seeds, per "
         "configuration, of runs written by main_fast.py --save; learning curves with bands.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .energy.dynamics import relax
-from .energy.networks import EnergyNet
-from .runs import load_hyperparameters, read_metrics
+from ..energy.dynamics import relax
+from ..energy.networks import EnergyNet
+from ..runs import load_hyperparameters, read_metrics
 
 # Hyperparameters shown in the run table, when a run has them; the LCA ones for LCACNN runs only
 # (every run records the LCA flags' defaults).
@@ -140,7 +140,7 @@ def strongest_attacks(rows: list[dict]) -> list[dict]:
     something else (what an attacker without gradients achieves). Rows without an ``attack``
     column (tables written before the ART attacks, PGD only) count as PGD.
     """
-    from .attacks import BLACK_BOX, WHITE_BOX
+    from ..attacks import BLACK_BOX, WHITE_BOX
 
     points: dict[tuple[str, float], dict] = {}
     most: dict[tuple[str, float], int] = {}  # the most images any attack saw at each point
@@ -173,9 +173,9 @@ def _robustness_summary(run_dir: Path) -> dict[str, Any]:
     (corruptions.csv), when the run has them."""
     import pandas as pd
 
-    from .attacks import deployed_rows
-    from .robustness import read_rows
-    from .runs import load_hyperparameters
+    from ..attacks import deployed_rows
+    from ..runs import read_rows
+    from ..runs import load_hyperparameters
 
     out: dict[str, Any] = {}
     if (run_dir / "attack.csv").is_file():
@@ -222,7 +222,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", **overrides: Any) -> Load
     flags (e.g. data_path="..." when the data moved). The data splits are loaded as the run did.
     """
     from .cli import build_parser
-    from .data import load_task
+    from ..data import load_task
     from .experiment import build_model
 
     run_dir = Path(run_dir)
@@ -247,7 +247,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", **overrides: Any) -> Load
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     dev = torch.device(device)
     net = build_model(args, in_shape, splits.n_classes).to(dev)
-    from .runs import load_state_dict
+    from ..runs import load_state_dict
 
     best = run_dir / "best.pt"
     load_state_dict(best if best.is_file() else run_dir / "checkpoint.pt", net, map_location=dev)
@@ -272,7 +272,7 @@ def free_states(net: EnergyNet, x: torch.Tensor, steps: int) -> list[torch.Tenso
 
 def find_coder(net: torch.nn.Module):
     """The sparse coder (an eplcanet.sparse.SparseCoder) inside net, or None (e.g. a plain CNN)."""
-    from .sparse.base import SparseCoder
+    from ..sparse.base import SparseCoder
 
     return next((m for m in net.modules() if isinstance(m, SparseCoder)), None)
 
@@ -285,7 +285,7 @@ def codes_and_reconstructions(net: EnergyNet, x: torch.Tensor):
     coder = find_coder(net)
     if coder is None:
         return None
-    from .energy.lcacnn import LCA_CNN, standardise
+    from ..energy.lcacnn import LCA_CNN, standardise
 
     if isinstance(net, LCA_CNN):
         seen, codes = standardise(x), net.encode(x)

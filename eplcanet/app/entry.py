@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .runs import CheckpointError
+from ..runs import CheckpointError
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3

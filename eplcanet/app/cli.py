@@ -8,15 +8,16 @@ import importlib.util
 import json
 from pathlib import Path
 
-from .data import TASKS
+from ..data import TASKS
 from .entry import (COUNT, DEVICE_HELP, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Parser, number,
                     run_command)
-from .energy.activations import ACTIVATIONS, ANALYTIC
-from .energy.learning import ALGORITHMS
-from .energy.networks import CONV_ALGOS, LOSSES, POOLS, UPDATE_ORDERS
+from ..energy.activations import ACTIVATIONS, ANALYTIC
+from ..energy.learning import ALGORITHMS
+from ..energy.networks import CONV_ALGOS, LOSSES, POOLS, UPDATE_ORDERS
 from .train import PRECISIONS
-from .lca_experiment import add_lca_arguments, check_lca_dictionary, validate_lca
-from .robustness import CORRUPTIONS, NORM_CHOICES, ROBUSTNESS_TODOS, SEVERITIES, check_args
+from .lca import add_lca_arguments, check_lca_dictionary, validate_lca
+from ..corruptions import CORRUPTIONS, SEVERITIES
+from .robustness import NORM_CHOICES, ROBUSTNESS_TODOS, check_args
 
 MODELS = ("MLP", "CNN", "VFCNN", "LCACNN", "FFCNN", "VFMLP")
 MLP_MODELS = ("MLP", "VFMLP")  # fully connected: --archi instead of the conv layer flags
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
            "build, 1.4-2.4x faster there; direct elsewhere), winograd (every stride-1 3x3 and "
            "5x5 layer) or direct (never Winograd); all three give the direct estimate (max-pool "
            "ties follow the input: eplcanet.energy.pool_ties; check a recipe with "
-           "python -m eplcanet.diagnose)")
+           "python -m eplcanet.app.diagnose)")
     a("--precision", default="fp32", choices=PRECISIONS,
       help="bf16: autocast the free phase's convolutions (states, the nudged phases and the "
            "update stay fp32: docs/performance.md); tf32: TF32 tensor cores (CUDA)")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--load-path", default=None, help="run directory to resume (train) or evaluate")
     a("--check-thm", action="store_true", help="train: run the GDU check at each epoch end")
     a("--gdu-batch", type=COUNT, default=8, help="gducheck: number of samples")
-    # robustness: --todo attack / corrupt on the best model of --load-path (eplcanet.robustness)
+    # robustness: --todo attack / corrupt on the best model of --load-path (eplcanet.app.robustness)
     a("--attack-norm", default="both", choices=NORM_CHOICES, help="attack: PGD norm(s)")
     a("--epsilons", type=NON_NEGATIVE, nargs="+", default=None,
       help="attack: radii in pixel units (pixels in [0, 1]); needs one --attack-norm (default: "
@@ -361,7 +362,7 @@ def run_defaults(parser: argparse.ArgumentParser, load_path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """main_fast.py: parse, validate and run; returns the exit code (eplcanet.entry)."""
+    """main_fast.py: parse, validate and run; returns the exit code (eplcanet.app.entry)."""
     from .experiment import run  # the application below the flags, loaded once they are valid
 
     return run_command(lambda: run(parse_args(argv), argv), argv)

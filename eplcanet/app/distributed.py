@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from .data import SeededShuffleSampler, make_loader
+from ..data import SeededShuffleSampler, make_loader
 
 __all__ = ["DistContext", "ShardSampler", "session", "shard_bounds"]
 

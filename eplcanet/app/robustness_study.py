@@ -12,7 +12,7 @@ point is reported, never dropped.
     summarise(points)           one row per (task, model, norm, epsilon, kind): n seeds, mean,
                                 std, CI, seeds flagged, images per seed, the attacks that won
     plots.plot_study(summary, path)   accuracy vs epsilon with CI bands, a panel per (task, norm)
-    python -m eplcanet.robustness study ROOT... [--out DIR]   both files for the runs below ROOT
+    python -m eplcanet.app.robustness study ROOT... [--out DIR]   both files for the runs below ROOT
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import pandas as pd
 
 from . import plots
 from .analysis import find_runs
-from .attacks import BLACK_BOX, WHITE_BOX, deployed_rows
+from ..attacks import BLACK_BOX, WHITE_BOX, deployed_rows
 from .report import mean_ci, task_of
-from .runs import load_hyperparameters
+from ..runs import load_hyperparameters
 
 # Black-box attacks split by what they read: Square the scores, HopSkipJump only the decision;
 # HopSkipJump runs on a subset of the images (--hsj-samples), so its accuracy is never mixed into
@@ -115,7 +115,7 @@ def write_study(roots: Iterable[str | Path],
     """study_points.csv, study.csv (the summary) and study.png for the runs below ``roots``
     into ``out``; returns the files and the summary. Raises ValueError when no run below them
     has an attack.csv."""
-    from .runs import atomic_write_text
+    from ..runs import atomic_write_text
 
     roots = list(roots)
     points = study_points(find_runs(roots))

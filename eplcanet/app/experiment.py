@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, plots, runs
+from .. import runs
+from . import distributed, plots
 from .cli import MLP_MODELS, RESUME_MAY_CHANGE
-from .data import WithIndex, load_task, make_loader
-from .energy.dynamics import Relaxation
-from .energy.feedforward import FF_CNN
-from .energy.learning import (Phases, StateBank, cep_step_traces, gdu_metrics, gdu_traces,
+from ..data import WithIndex, load_task, make_loader
+from ..energy.dynamics import Relaxation
+from ..energy.feedforward import FF_CNN
+from ..energy.learning import (Phases, StateBank, cep_step_traces, gdu_metrics, gdu_traces,
                                settling_steps, step_cosines)
-from .energy.networks import P_CNN, P_MLP, VF_CNN, VF_MLP, EnergyNet
+from ..energy.networks import P_CNN, P_MLP, VF_CNN, VF_MLP, EnergyNet
 from .entry import Interrupted, resolve_device
-from .lca_experiment import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
+from .lca import build_lca_cnn, prepare_code_cache, save_dictionary_artifacts
 from .robustness import ROBUSTNESS_TODOS, run_todo
 from .train import EpochProgress, StopSignals, evaluate, set_matmul_precision, train_epoch
 
@@ -121,7 +122,7 @@ def _run_dir(args) -> Path | None:
 def run(args, argv: list[str] | None = None) -> dict:
     """Execute --todo; returns the final metrics (also written to the run directory).
 
-    Under torchrun: one process of a data-parallel run (eplcanet.distributed).
+    Under torchrun: one process of a data-parallel run (eplcanet.app.distributed).
     """
     with distributed.session(resolve_device(args.device)) as dist:
         return _run(args, sys.argv if argv is None else argv, dist)
@@ -161,7 +162,7 @@ def _run(args, argv: list[str], dist: distributed.DistContext) -> dict:
         return {"test_acc": acc}
     if not dist.is_main:  # attacks, corruptions and the GDU check run on rank 0 alone
         return {}
-    if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.robustness
+    if args.todo in ROBUSTNESS_TODOS:  # adversarial attacks, corruptions: eplcanet.app.robustness
         return run_todo(args, net, splits, device, run_dir)
     return _gducheck(args, net, splits, device, run_dir)
 

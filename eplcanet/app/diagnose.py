@@ -1,6 +1,6 @@
 """Is a recipe's gradient well-posed, and does every fast path give the same one?
 
-    python -m eplcanet.diagnose [main_fast.py flags ...] [--samples 4] [--out DIR]
+    python -m eplcanet.app.diagnose [main_fast.py flags ...] [--samples 4] [--out DIR]
                                 [--noise 1e-12] [--dtype float64] [--settle-tol 1e-6]
 
 Takes the same flags as main_fast.py (the network, data, T1 / T2, betas, --alg; --load-path RUN
@@ -36,19 +36,19 @@ import pandas as pd
 import torch
 
 from .cli import parse_args
-from .data import load_task
-from .energy import conditioning as cond
-from .energy.dynamics import CONV_ALGOS
+from ..data import load_task
+from ..energy import conditioning as cond
+from ..energy.dynamics import CONV_ALGOS
 from .entry import COUNT, POSITIVE, Parser, resolve_device, run_command
 from .experiment import build_model, phases_of, seed_everything
-from .kernels import native
-from .runs import atomic_write_text, load_state_dict
+from ..kernels import native
+from ..runs import atomic_write_text, load_state_dict
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def own_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m eplcanet.diagnose", add_help=False, allow_abbrev=False,
+    p = Parser(prog="python -m eplcanet.app.diagnose", add_help=False, allow_abbrev=False,
                description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=COUNT, default=4, help="training images measured")
     p.add_argument("--out", default="./results/diagnose", help="output directory")

@@ -1,6 +1,6 @@
 """The bias of the EP estimators against the exact gradient, and their cost per minibatch.
 
-    python -m eplcanet.estimator_bias [--figure images/estimator_bias.png] [--repeats 5]
+    python -m eplcanet.app.estimator_bias [--figure images/estimator_bias.png] [--repeats 5]
                                       [--threads 1]
 
 prints two markdown tables (docs/estimators.md): the per-tensor relative error of one-sided,
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .energy.dynamics import relax_autograd
-from .energy.holomorphic import hep_grads
-from .energy.learning import Phases, _params, ep_grads
-from .energy.networks import P_CNN, P_MLP, EnergyNet
+from ..energy.dynamics import relax_autograd
+from ..energy.holomorphic import hep_grads
+from ..energy.learning import Phases, _params, ep_grads
+from ..energy.networks import P_CNN, P_MLP, EnergyNet
 
 RADII = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # (label, points): None for the two-phase EP estimates
@@ -162,7 +162,7 @@ def draw(rows, radii, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eplcanet.estimator_bias", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m eplcanet.app.estimator_bias", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figure", type=Path, default=None, help="also draw the errors here (PNG)")
     p.add_argument("--repeats", type=int, default=5, help="timed minibatches per estimator")

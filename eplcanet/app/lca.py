@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .data import make_loader
-from .energy.dynamics import Relaxation
-from .energy.lcacnn import DICT_MODES, LCA_CNN
+from ..data import make_loader
+from ..energy.dynamics import Relaxation
+from ..energy.lcacnn import DICT_MODES, LCA_CNN
 from .entry import COUNT, FINITE, NON_NEGATIVE, number
-from .sparse import DictionaryFileError, load_dictionary, make_sparse_coder, save_dictionary
-from .sparse.analysis import save_feature_grid
-from .sparse.lca import SOLVERS
+from ..sparse import DictionaryFileError, load_dictionary, make_sparse_coder, save_dictionary
+from ..sparse.analysis import save_feature_grid
+from ..sparse.lca import SOLVERS
 
 SPARSE_CODER_CHOICES = ("lca", "mp")
 DEFAULT_DICT = "images/lca_dictionary_cifar10.pt"
