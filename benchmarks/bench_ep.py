@@ -30,6 +30,14 @@ The --tol row times one minibatch of the seed's CIFAR recipe (T1 250, T2 50) who
 once settled against the same minibatch with fixed steps, and gives its ratio against the
 autograd-of-Phi reference with fixed steps.
 
+The estimator rows time one training minibatch (``train_epoch`` on one minibatch: estimate, then
+the optimiser's step; CEP steps after each of its T2 nudged steps) of each --alg against
+symmetric EP on the same network, interleaved: the MNIST MLP recipe of run/mnist_mlp_ep.sh
+(784-512-10 mysig, MSE on the output neurons, T1 30 / T2 10, beta 0.1, batch 50) and an
+MNIST-size CNN 1-32-64 k5 with average pooling (hEP needs an analytic activation and no max
+pooling), with every estimator the network accepts (main_fast.py's own validation decides).
+Their ratio column is symmetric EP's time over the estimator's; the note gives the cost ratio.
+
 The LCACNN minibatch adds the sparse-coding frontend: ours codes with LCAConv2D (residual form),
 the reference with the explicit-Gram LCA of LCA-PyTorch, then each runs its EP minibatch. The
 epoch row trains one epoch of main_fast.py's no-flag configuration on the digits with each.
@@ -40,6 +48,7 @@ epoch row trains one epoch of main_fast.py's no-flag configuration on the digits
 from __future__ import annotations
 
 import copy
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -367,6 +376,95 @@ def epoch_row(quick: bool) -> Row:
                ours_s=t_ours, ref_s=t_ref, ref_name="autograd of Phi per step")
 
 
+# One training minibatch of each estimator against symmetric EP (the reference of the ratios). The
+# MLP is run/mnist_mlp_ep.sh's recipe; the CNN pools by averaging and keeps mysig so that hEP is
+# defined on it too. Flags as main_fast.py takes them: its validation decides what a net accepts.
+ESTIMATOR_NETS = {
+    "MNIST MLP 784-512-10 (run/mnist_mlp_ep.sh)": [
+        "--model", "MLP", "--archi", "784", "512", "10", "--lrs", "0.08", "0.04"],
+    "MNIST-size CNN 1-32-64 k5, pools aa": [
+        "--model", "CNN", "--channels", "32", "64", "--kernels", "5", "5", "--strides", "1", "1",
+        "--paddings", "0", "0", "--pools", "aa", "--fc", "10", "--lrs", "0.05", "0.05", "0.05"],
+}
+ESTIMATOR_FLAGS = ["--act", "mysig", "--loss", "mse", "--no-softmax", "--betas", "0.0", "0.1",
+                   "--optim", "sgd", "--mmt", "0"]
+REFERENCE_ESTIMATOR = "symmetric EP"
+# name: (flags, what one training minibatch of it runs)
+ESTIMATORS = {
+    "one-sided EP": (["--alg", "EP", "--no-thirdphase"],
+                     "T1 free steps, T2 nudged at +beta, one SGD step"),
+    REFERENCE_ESTIMATOR: (["--alg", "EP", "--thirdphase"],
+                          "T1 free steps, T2 nudged at +beta and at -beta (one batch of 2B), "
+                          "one SGD step"),
+    "hEP N=4": (["--alg", "hEP", "--hep-points", "4"],
+                "T1 free steps, T2 nudged at 4 points of the circle of radius beta2 (+r and -r "
+                "real as one batch, 1 complex phase), one SGD step"),
+    "hEP N=8": (["--alg", "hEP", "--hep-points", "8"],
+                "T1 free steps, T2 nudged at 8 points of the circle (+r and -r real, 3 complex "
+                "phases), one SGD step"),
+    "CEP": (["--alg", "CEP", "--no-thirdphase"],
+            "T1 free steps, T2 nudged at +beta with an SGD step after each (T2 weight updates, "
+            "the input drive recomputed per step)"),
+    "BPTT": (["--alg", "BPTT"],
+             "T1 - T2 free steps, T2 more under autograd, backward, one SGD step"),
+}
+
+
+def minibatch_trainer(argv: list[str], x: torch.Tensor, y: torch.Tensor):
+    """(net, train): the network main_fast.py builds from `argv` and a function training it on
+    the minibatch (x, y) through ``train_epoch``, as training does; or, for flags main_fast.py
+    refuses (an estimator the network cannot run), its one-line error."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as refused:
+        return str(refused)
+    torch.manual_seed(0)
+    net = build_model(args, tuple(x.shape[1:]), 10)
+    opt, _ = build_optimizer(args, net)
+    phases = phases_of(args)
+
+    def train() -> None:
+        train_epoch(net, opt, [(x, y)], args.alg, phases, "cpu", desc=args.alg)
+
+    return net, train
+
+
+def estimator_rows(quick: bool) -> list[Row]:
+    """Per network, one row per estimator it accepts: its training-minibatch time against
+    symmetric EP's, the two interleaved (``time_pair``); the symmetric row gives the reference's
+    median time and names the estimators refused."""
+    t1, t2, batch = (4, 2, 8) if quick else (30, 10, 50)
+    repeat = 2 if quick else 15  # a minibatch is 10-1000 ms: many repeats, for shared cores
+    steps = ["--T1", str(t1), "--T2", str(t2), "--mbs", str(batch)]
+    unit = f"training minibatch (T1={t1}, T2={t2}, batch {batch})"
+    rows = []
+    for net_name, net_flags in ESTIMATOR_NETS.items():
+        torch.manual_seed(0)
+        x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+        built = {name: minibatch_trainer(net_flags + ESTIMATOR_FLAGS + steps + flags, x, y)
+                 for name, (flags, _) in ESTIMATORS.items()}
+        refused = {name: b.split(";")[0] for name, b in built.items() if isinstance(b, str)}
+        _, reference = built[REFERENCE_ESTIMATOR]
+        ref_times, timed = [], []
+        for name, b in built.items():
+            if name == REFERENCE_ESTIMATOR or name in refused:
+                continue
+            t, t_ref = time_pair(b[1], reference, repeat=repeat)
+            ref_times.append(t_ref)
+            timed.append(Row(name=f"{name} vs symmetric EP, {net_name}", unit=unit, ours_s=t,
+                             ref_s=t_ref, ref_name=REFERENCE_ESTIMATOR,
+                             extra={"cost vs symmetric EP": f"{t / t_ref:.2f}x",
+                                    "compared": ESTIMATORS[name][1]}))
+        extra = {"compared": ESTIMATORS[REFERENCE_ESTIMATOR][1],
+                 "time": "median of its runs in the rows below"}
+        if refused:
+            extra["not accepted"] = " / ".join(f"{n} ({m})" for n, m in refused.items())
+        rows.append(Row(name=f"{REFERENCE_ESTIMATOR} (the reference), {net_name}", unit=unit,
+                        ours_s=statistics.median(ref_times), extra=extra))
+        rows += timed
+    return rows
+
+
 _PEAK_SCRIPT = """
 import resource, sys, time, torch
 from benchmarks.bench_ep import build
@@ -401,7 +499,7 @@ def collect(quick: bool = False, device: str = "cpu") -> list[Row]:
     if device != "cpu":
         return minibatch_rows(quick, device) + [lcacnn_row(quick, device), tol_row(quick, device)]
     rows = step_rows(quick) + minibatch_rows(quick) + [lcacnn_row(quick), epoch_row(quick)]
-    rows += [tol_row(quick)]
+    rows += [tol_row(quick)] + estimator_rows(quick)
     return rows + peak_memory_rows((20, 200) if quick else (50, 500))
 
 

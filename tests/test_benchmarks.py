@@ -125,3 +125,38 @@ def test_a_suite_refuses_a_missing_gpu_before_any_timing(monkeypatch):
     with pytest.raises(SystemExit, match="--device 'gpu' is not a device; accepted: auto"):
         bench_main("A suite.", lambda **kw: timed.append(kw) or [])
     assert timed == []
+
+
+def test_estimator_rows_time_one_training_step_of_each_estimator():
+    """What the estimator rows time is one real training minibatch: symmetric EP's moves the
+    weights by -lr times the autograd-of-Phi EP gradient (an independent formulation), every
+    other estimator moves every weight tensor, CEP (T2 steps) not as one-sided EP (one step),
+    and a network that cannot run an estimator gets main_fast.py's refusal, not a row."""
+    import copy
+
+    from benchmarks.bench_ep import (ESTIMATOR_FLAGS, ESTIMATORS, minibatch_trainer,
+                                     reference_ep)
+    from eplcanet.energy.learning import Phases
+
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    mlp = ["--model", "MLP", "--archi", "784", "16", "10", "--lrs", "0.5", "0.25"]
+    flags = mlp + ESTIMATOR_FLAGS + ["--T1", "6", "--T2", "3", "--mbs", "4"]
+    moved = {}
+    for name, (alg_flags, _) in ESTIMATORS.items():
+        net, train = minibatch_trainer(flags + alg_flags, x, y)
+        before = copy.deepcopy(net)
+        train()
+        moved[name] = [(p - q).detach() for p, q in zip(net.parameters(), before.parameters())]
+        for step in moved[name]:
+            assert torch.isfinite(step).all() and step.abs().max() > 0, name
+        if name == "symmetric EP":
+            reference_ep(before, x, y, Phases(6, 3, (0.0, 0.1), thirdphase=True))
+            for step, p, lr in zip(moved[name], before.parameters(), [0.5, 0.5, 0.25, 0.25]):
+                torch.testing.assert_close(step, -lr * p.grad, rtol=1e-4, atol=1e-7)
+    for cep, one_sided in zip(moved["CEP"], moved["one-sided EP"]):
+        assert not torch.allclose(cep, one_sided, rtol=1e-3)
+    cnn = ["--model", "CNN", "--channels", "2", "3", "--kernels", "5", "5", "--pools", "aa",
+           "--fc", "10", "--lrs", "0.1", "0.1", "0.1"]
+    refused = minibatch_trainer(cnn + ESTIMATOR_FLAGS + ESTIMATORS["CEP"][0], x, y)
+    assert isinstance(refused, str) and "--alg CEP" in refused and "--model CNN" in refused
