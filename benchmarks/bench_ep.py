@@ -429,12 +429,20 @@ def minibatch_trainer(argv: list[str], x: torch.Tensor, y: torch.Tensor):
     return net, train
 
 
+def _repeated(fn, calls: int):
+    def run() -> None:
+        for _ in range(calls):
+            fn()
+
+    return run
+
+
 def estimator_rows(quick: bool) -> list[Row]:
     """Per network, one row per estimator it accepts: its training-minibatch time against
     symmetric EP's, the two interleaved (``time_pair``); the symmetric row gives the reference's
     median time and names the estimators refused."""
     t1, t2, batch = (4, 2, 8) if quick else (30, 10, 50)
-    repeat = 2 if quick else 15  # a minibatch is 10-1000 ms: many repeats, for shared cores
+    repeat = 2 if quick else 15
     steps = ["--T1", str(t1), "--T2", str(t2), "--mbs", str(batch)]
     unit = f"training minibatch (T1={t1}, T2={t2}, batch {batch})"
     rows = []
@@ -445,18 +453,23 @@ def estimator_rows(quick: bool) -> list[Row]:
                  for name, (flags, _) in ESTIMATORS.items()}
         refused = {name: b.split(";")[0] for name, b in built.items() if isinstance(b, str)}
         _, reference = built[REFERENCE_ESTIMATOR]
+        # A timed sample is `calls` minibatches, at least ~0.1 s: an MLP minibatch of ~10 ms is
+        # otherwise at the mercy of the scheduler of a shared CPU (timings 1.5x apart).
+        calls = 1 if quick else max(1, round(0.1 / time_fn(reference, repeat=3)))
         ref_times, timed = [], []
         for name, b in built.items():
             if name == REFERENCE_ESTIMATOR or name in refused:
                 continue
-            t, t_ref = time_pair(b[1], reference, repeat=repeat)
+            t, t_ref = (s / calls for s in time_pair(_repeated(b[1], calls),
+                                                     _repeated(reference, calls), repeat=repeat))
             ref_times.append(t_ref)
             timed.append(Row(name=f"{name} vs symmetric EP, {net_name}", unit=unit, ours_s=t,
                              ref_s=t_ref, ref_name=REFERENCE_ESTIMATOR,
                              extra={"cost vs symmetric EP": f"{t / t_ref:.2f}x",
                                     "compared": ESTIMATORS[name][1]}))
         extra = {"compared": ESTIMATORS[REFERENCE_ESTIMATOR][1],
-                 "time": "median of its runs in the rows below"}
+                 "time": "median of its runs in the rows below",
+                 "minibatches per timed sample": calls}
         if refused:
             extra["not accepted"] = " / ".join(f"{n} ({m})" for n, m in refused.items())
         rows.append(Row(name=f"{REFERENCE_ESTIMATOR} (the reference), {net_name}", unit=unit,
