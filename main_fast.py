@@ -6,7 +6,7 @@
 
 import sys
 
-from eplcanet.app.cli import main
+from eplcanet.app.experiment import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,10 +39,10 @@ if __package__ in (None, ""):  # run as a script: make `eplcanet` importable fro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import cpu_model
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.data import load_task
 from eplcanet.app.distributed import DistContext
-from eplcanet.app.experiment import build_model, build_optimizer, phases_of, seed_everything
+from eplcanet.app.build import build_model, build_optimizer, phases_of, seed_everything
 from eplcanet.app.train import train_epoch
 
 
@@ -93,10 +93,10 @@ def _worker(rank: int, world: int, port: int, argv: list[str], steps: int, repea
                                 world_size=world)
     try:
         ctx = DistContext(rank=rank, world_size=world, local_rank=rank)
-        args = parse_args(argv)
-        seed_everything(args.seed)
-        splits = load_task(args.task, data_path=args.data_path, val_fraction=0.0,
-                           seed=args.seed)
+        args = parse_settings(argv)
+        seed_everything(args.run.seed)
+        splits = load_task(args.data.task, data_path=args.data.data_path, val_fraction=0.0,
+                           seed=args.run.seed)
         shape = (splits.in_channels, splits.image_size, splits.image_size)
         net = build_model(args, shape, splits.n_classes,
                           dictionary_sync=ctx if ctx.enabled else None)
@@ -107,12 +107,13 @@ def _worker(rank: int, world: int, port: int, argv: list[str], steps: int, repea
         ctx.gather_batch = _timed(ctx.gather_batch, comm)
         times, comm_per_rep, cpu = [], [], []
         for rep in range(repeats + 1):
-            loader = ctx.train_loader(splits.train, args.mbs, seed=args.seed, epoch=rep)
+            loader = ctx.train_loader(splits.train, args.optim.mbs, seed=args.run.seed,
+                                      epoch=rep)
             batches = list(itertools.islice(loader, steps))
             comm.clear()
             ctx.barrier()
             t0, c0 = time.perf_counter(), time.process_time()
-            train_epoch(net, opt, batches, args.alg, phases_of(args), "cpu", dist=ctx)
+            train_epoch(net, opt, batches, args.estimator.alg, phases_of(args), "cpu", dist=ctx)
             c1 = time.process_time()
             ctx.barrier()
             if rep:  # the first pass warms up allocators and kernels

@@ -60,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.bench_lca import GramLCA
 from benchmarks.common import Row, bench_main, time_fn, time_pair
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.data import load_task, make_loader
 from eplcanet.energy.conditioning import agreement
 from eplcanet.energy.dynamics import relax, relax_autograd
@@ -68,7 +68,7 @@ from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, phi_param_grads_autograd
 from eplcanet.energy.networks import P_CNN, EnergyNet
 from eplcanet.kernels.winograd import eligible
-from eplcanet.app.experiment import build_model, build_optimizer, phases_of
+from eplcanet.app.build import build_model, build_optimizer, phases_of
 from eplcanet.app.lca import build_lca_cnn
 from eplcanet.app.train import precision_context, train_epoch
 
@@ -277,7 +277,7 @@ class _GramCodedLCACNN(LCA_CNN):
 
 
 def lcacnn_row(quick: bool, device: str = "cpu") -> Row:
-    args = parse_args(LCACNN_FLAGS + ["--lca_iters", "20" if quick else "100"])
+    args = parse_settings(LCACNN_FLAGS + ["--lca_iters", "20" if quick else "100"])
     batch, phases = 8 if quick else 32, Phases(4 if quick else 20, 2 if quick else 5, (0.0, 0.5),
                                                 thirdphase=True)
     torch.manual_seed(0)
@@ -298,7 +298,7 @@ def lcacnn_row(quick: bool, device: str = "cpu") -> Row:
     t_ours, t_ref = time_pair(lambda: ep_grads(_stepped(net), x, y, phases),
                               reference, repeat=1 if quick else 3, device=device)
     return Row(name=f"LCACNN minibatch (LCA 64x9x9 s2 -> CNN 32-64), 32x32 RGB, batch {batch}",
-               unit=f"minibatch ({args.lca_iters} LCA iterations, T1={phases.T1}, "
+               unit=f"minibatch ({args.coder.lca_iters} LCA iterations, T1={phases.T1}, "
                     f"2x T2={phases.T2})",
                ours_s=t_ours, ref_s=t_ref, ref_name="Gram LCA + autograd of Phi",
                extra={"min per-tensor gradient cosine": f"{cos:.3f}"})
@@ -350,12 +350,12 @@ def _digits_epoch(net: EnergyNet, opt, loader, phases: Phases, step) -> None:
 
 def epoch_row(quick: bool) -> Row:
     """One training epoch of `python main_fast.py` (no flags) on the digits."""
-    args = parse_args([])
-    splits = load_task(args.task, seed=args.seed)
+    args = parse_settings([])
+    splits = load_task(args.data.task, seed=args.run.seed)
     if quick:
         splits.train = torch.utils.data.Subset(splits.train, range(256))
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.run.seed)
     net = build_model(args, in_shape, splits.n_classes)
     ref = reference_net(net)
     opt, _ = build_optimizer(args, net)
@@ -363,16 +363,17 @@ def epoch_row(quick: bool) -> Row:
     phases = phases_of(args)
 
     def ours():
-        train_epoch(net, opt, make_loader(splits.train, args.mbs, True, args.seed), args.alg,
+        train_epoch(net, opt, make_loader(splits.train, args.optim.mbs, True, args.run.seed),
+                    args.estimator.alg,
                     phases, "cpu", desc="bench")
 
     def reference():
-        _digits_epoch(ref, ref_opt, make_loader(splits.train, args.mbs, True, args.seed),
+        _digits_epoch(ref, ref_opt, make_loader(splits.train, args.optim.mbs, True, args.run.seed),
                       phases, reference_ep)
 
     t_ours, t_ref = time_pair(ours, reference, repeat=1, warmup=0)
     return Row(name=f"end-to-end training epoch, main_fast.py defaults on the digits "
-                    f"({len(splits.train)} images, batch {args.mbs})", unit="epoch",
+                    f"({len(splits.train)} images, batch {args.optim.mbs})", unit="epoch",
                ours_s=t_ours, ref_s=t_ref, ref_name="autograd of Phi per step")
 
 
@@ -415,7 +416,7 @@ def minibatch_trainer(argv: list[str], x: torch.Tensor, y: torch.Tensor):
     the minibatch (x, y) through ``train_epoch``, as training does; or, for flags main_fast.py
     refuses (an estimator the network cannot run), its one-line error."""
     try:
-        args = parse_args(argv)
+        args = parse_settings(argv)
     except SystemExit as refused:
         return str(refused)
     torch.manual_seed(0)
@@ -424,7 +425,8 @@ def minibatch_trainer(argv: list[str], x: torch.Tensor, y: torch.Tensor):
     phases = phases_of(args)
 
     def train() -> None:
-        train_epoch(net, opt, [(x, y)], args.alg, phases, "cpu", desc=args.alg)
+        train_epoch(net, opt, [(x, y)], args.estimator.alg, phases, "cpu",
+                    desc=args.estimator.alg)
 
     return net, train
 

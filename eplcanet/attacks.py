@@ -1,7 +1,7 @@
 """Adversarial attacks on energy-based networks, from the Adversarial Robustness Toolbox (ART),
 and the checks that tell robustness from gradient masking.
 
-The classifier. :func:`art_classifier` wraps an :class:`~eplcanet.app.robustness.EquilibriumPredictor`
+The classifier. :func:`art_classifier` wraps an :class:`~eplcanet.predictor.EquilibriumPredictor`
 (pixels in [0, 1] -> logits of the free equilibrium after ``predict_step`` steps, the gradient
 flowing through the last ``attack_step`` of them) in ART's ``PyTorchClassifier`` with clip values
 [0, 1], so every ART attack runs on pixels and perturbs what a reader would call the image.

@@ -106,4 +106,4 @@ for model in $MODELS; do
     fi
   done
 done
-python -m eplcanet.app.robustness study "$OUT" --out "$OUT/study"
+python -m eplcanet.app.robustness_study study "$OUT" --out "$OUT/study"

@@ -42,10 +42,10 @@ def hand_stats(x: list[float]) -> tuple[float, float, float]:
 
 def main_fast(*argv: str) -> dict:
     """What ``python main_fast.py ARGV`` does, in this process (saves a torch import per run)."""
-    from eplcanet.app.cli import parse_args
+    from eplcanet.app.settings import parse_settings
     from eplcanet.app.experiment import run
 
-    return run(parse_args(list(argv)), argv=["main_fast.py", *argv])
+    return run(parse_settings(list(argv)), argv=["main_fast.py", *argv])
 
 
 def main_fast_command(*argv: str) -> list[str]:

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.energy.dynamics import relax, relax_autograd
+from eplcanet.energy.estimators import estimate_grads
 from eplcanet.energy.learning import (Phases, cep_grads, cep_step_traces, cep_vs_ep, ep_grads,
-                                      estimate_grads, gdu_metrics, gdu_traces)
+                                      gdu_metrics, gdu_traces)
 from eplcanet.energy.networks import P_MLP, VF_MLP
 from eplcanet.app.experiment import run
 from eplcanet.app.train import train_epoch
@@ -148,7 +149,7 @@ BASE = "--model MLP --archi 64 32 10 --T1 20 --T2 4 --device cpu"
 ])
 def test_parse_args_refuses_what_cep_cannot_run(flags, message):
     with pytest.raises(SystemExit) as err:
-        parse_args(f"{BASE} {flags}".split())
+        parse_settings(f"{BASE} {flags}".split())
     assert message in str(err.value)
 
 
@@ -157,7 +158,7 @@ def test_cep_learns_digits(tmp_path, capsys):
     argv = ("--model MLP --archi 64 32 10 --act mysig --T1 8 --T2 3 --alg CEP --no-thirdphase "
             "--optim sgd --mmt 0 --lrs 0.2 0.1 --betas 0 0.5 --mbs 32 --seed 0 --epochs 2 "
             "--cep-debug --device cpu").split()
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     assert result["test_acc"] > 0.4  # chance is 0.1 (measured 0.563)
     out = capsys.readouterr().out
     assert out.count("cep-debug epoch") == 2 and out.count("synapses.0.weight") == 2
@@ -185,7 +186,7 @@ def test_cep_debug_reports_without_changing_training(capsys):
 def test_gducheck_with_cep_compares_steps(tmp_path):
     argv = ("--model MLP --archi 64 16 16 10 --act mysig --alg CEP --no-thirdphase --todo gducheck "
             f"--T1 60 --T2 5 --betas 0 0.001 --device cpu --results-dir {tmp_path}").split()
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     stored = json.loads((tmp_path / "gducheck" / "gdu.json").read_text())
     assert stored == json.loads(json.dumps(result))
     assert len(result) == 6 and all(set(m) == {"cep"} for m in result.values())

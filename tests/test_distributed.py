@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.data import ImageDataset, make_loader
 from eplcanet.app.distributed import DistContext, session, shard_bounds
 from eplcanet.app.experiment import run
@@ -145,7 +145,7 @@ def test_torchrun_two_processes_equal_one_and_the_checkpoint_resumes_alone(tiny_
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("epoch 1: loss") == 1, "only rank 0 logs"
     single = common + ["--results-dir", str(tmp_path / "single")]
-    run(parse_args(single), single)
+    run(parse_settings(single), single)
     d_dir, s_dir = _run_dir(tmp_path / "dist"), _run_dir(tmp_path / "single")
     d_ckpt, s_ckpt = _checkpoint(d_dir), _checkpoint(s_dir)
     _assert_same_state(d_ckpt["model"], s_ckpt["model"])
@@ -157,7 +157,7 @@ def test_torchrun_two_processes_equal_one_and_the_checkpoint_resumes_alone(tiny_
     # The distributed checkpoint resumes in a single process, as the single-process one does.
     for run_dir in (d_dir, s_dir):
         resume = TINY + _data_flags(tiny_npz) + ["--epochs", "2", "--load-path", str(run_dir)]
-        run(parse_args(resume), resume)
+        run(parse_settings(resume), resume)
     _assert_same_state(_checkpoint(d_dir)["model"], _checkpoint(s_dir)["model"])
     _assert_same_metrics(_metrics(d_dir), _metrics(s_dir))
     assert len(_metrics(d_dir)) == 2
@@ -187,7 +187,7 @@ def _worker(rank: int, world: int, port: int, argvs: list[list[str]], out: str,
                     raise RuntimeError(f"injected failure on rank {rank}")
 
                 experiment.train_epoch = broken
-            result = run(parse_args(argv), argv)
+            result = run(parse_settings(argv), argv)
             with open(Path(out) / f"result_{i}_{rank}.json", "w") as f:
                 json.dump(result, f)
     finally:
@@ -238,7 +238,7 @@ def test_spawned_processes_equal_one_for_lcacnn_finetune_bptt_vfcnn_then_a_failu
 
     for i, (name, argv) in enumerate(argvs.items()):
         single = argv + ["--results-dir", str(tmp_path / "single" / name)]
-        expected = run(parse_args(single), single)
+        expected = run(parse_settings(single), single)
         d_dir, s_dir = (_run_dir(tmp_path / w / name) for w in ("dist", "single"))
         _assert_same_state(_checkpoint(d_dir)["model"], _checkpoint(s_dir)["model"])
         _assert_same_metrics(_metrics(d_dir), _metrics(s_dir))
@@ -304,7 +304,7 @@ def test_slurm_scripts_start_one_torchrun_per_node_with_valid_flags(script, node
     launcher = calls[0]["torchrun"]
     assert "--nproc_per_node=4" in launcher
     main = calls[0]["main"]
-    parse_args(main)
+    parse_settings(main)
     assert main[main.index("--device") + 1] == "cuda"
     assert int(main[main.index("--mbs") + 1]) % (4 * nodes) == 0  # whole per-GPU minibatches
     if nodes > 1:

@@ -5,10 +5,10 @@ import torch
 
 from eplcanet.energy.activations import ACTIVATIONS, get_activation
 from eplcanet.energy.dynamics import Relaxation, autograd_step, relax, relax_autograd, step
+from eplcanet.energy.estimators import estimate_grads
 from eplcanet.energy.learning import (
     Phases,
     ep_grads,
-    estimate_grads,
     free_phase,
     gdu_metrics,
     gdu_traces,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.energy.activations import get_activation
 from eplcanet.energy.dynamics import Relaxation, relax
 from eplcanet.energy.feedforward import FF_CNN, bp_grads
@@ -98,19 +98,19 @@ def test_bp_gradient_is_autograd_of_the_plain_network_per_tensor():
 ])
 def test_bad_flags_are_refused(flags, message):
     with pytest.raises(SystemExit, match=message):
-        parse_args(["--channels", "4", "8", "--device", "cpu", *flags])
+        parse_settings(["--channels", "4", "8", "--device", "cpu", *flags])
 
 
 def test_it_trains_on_digits_and_its_attack_runs(tmp_path, capsys):
     argv = ["--model", "FFCNN", "--alg", "BP", "--T1", "2", "--epochs", "2", "--device", "cpu",
             "--save", "--results-dir", str(tmp_path)]
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     assert result["test_acc"] > 0.6  # two epochs of a tiny network; chance is 0.1
     run_dir = next(tmp_path.glob("digits/BP/FFCNN/*/run_1"))
     attack = ["--todo", "attack", "--load-path", str(run_dir), "--attacks", "pgd",
               "--attack-norm", "Linf", "--epsilons", "0", "0.3", "--pgd-steps", "5",
               "--attack-samples", "64", "--device", "cpu"]
-    rows = run(parse_args(attack), attack)["rows"]
+    rows = run(parse_settings(attack), attack)["rows"]
     clean = [r for r in rows if r["epsilon"] == 0]
     strong = [r for r in rows if r["epsilon"] == 0.3]
     assert clean[0]["accuracy"] > 0.5 and all(r["accuracy"] < 0.2 for r in strong)

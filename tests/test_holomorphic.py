@@ -12,14 +12,15 @@ In float64, on a small P_MLP and on a P_CNN with an average-pooled and an unpool
 import pytest
 import torch
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.energy.activations import ACTIVATIONS
 from eplcanet.energy.holomorphic import check_holomorphic, complex_dtype, hep_grads
-from eplcanet.energy.learning import (Phases, _params, bptt_grads, ep_grads, estimate_grads,
-                                      gdu_traces)
+from eplcanet.energy.estimators import estimate_grads
+from eplcanet.energy.learning import Phases, _params, bptt_grads, ep_grads, gdu_traces
 from eplcanet.energy.networks import P_CNN, P_MLP, VF_CNN
 from eplcanet.app.estimator_bias import implicit_grads
-from eplcanet.app.experiment import phases_of, run
+from eplcanet.app.build import phases_of
+from eplcanet.app.experiment import run
 from eplcanet.kernels import native
 from eplcanet.kernels.winograd import WinogradConvs
 
@@ -218,26 +219,26 @@ HEP = "--alg hEP --act sigmoid --pools aa"
 ])
 def test_cli_refuses_what_hep_cannot_run(flags, message):
     with pytest.raises(SystemExit) as err:
-        parse_args(flags.split())
+        parse_settings(flags.split())
     assert str(err.value).startswith("error: ") and message in str(err.value)
 
 
 def test_cli_refuses_fewer_than_two_points(capsys):
     with pytest.raises(SystemExit) as err:
-        parse_args(f"{HEP} --hep-points 1".split())
+        parse_settings(f"{HEP} --hep-points 1".split())
     assert err.value.code == 2
     assert "--hep-points" in capsys.readouterr().err
-    assert parse_args(HEP.split()).hep_points == 4
-    assert parse_args(f"{HEP} --hep-points 6".split()).hep_points == 6
-    assert phases_of(parse_args(f"{HEP} --hep-points 6".split())).hep_points == 6
-    assert parse_args([]).hep_points is None  # other estimators: no value to record or resume
-    assert phases_of(parse_args([])) == Phases(20, 4, (0.0, 0.5), thirdphase=True)
+    assert parse_settings(HEP.split()).estimator.hep_points == 4
+    assert parse_settings(f"{HEP} --hep-points 6".split()).estimator.hep_points == 6
+    assert phases_of(parse_settings(f"{HEP} --hep-points 6".split())).hep_points == 6
+    assert parse_settings([]).estimator.hep_points is None  # other estimators: no value to record or resume
+    assert phases_of(parse_settings([])) == Phases(20, 4, (0.0, 0.5), thirdphase=True)
 
 
 def test_trains_a_tiny_mlp_on_digits_above_chance(tmp_path):
     argv = ("--alg hEP --model MLP --archi 64 32 10 --act sigmoid --lrs 0.5 0.5 --T1 15 --T2 6 "
             f"--epochs 1 --device cpu --results-dir {tmp_path}").split()
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     assert result["test_acc"] > 0.5  # chance is 0.1
 
 

@@ -26,7 +26,7 @@ TINY += ["--eval-iters", "10", "--lca_ksize", "5"]
 @pytest.mark.parametrize(
     "flags, match",
     [
-        (["--task", "imagenet"], "--task must be one of"),
+        (["--task", "imagenet"], "--task: invalid choice: .imagenet."),
         (["--task", "npz"], "needs --data-path"),
         (["--task", "npz", "--data-path", "missing.npz"], "no such file"),
         (["--data-path", "x.npz"], "only with --task npz"),

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.energy.dynamics import autograd_step, relax, step
 from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, gdu_metrics, gdu_traces
-from eplcanet.app.experiment import _load_trained, build_model, run, seed_everything
+from eplcanet.app.build import build_model, seed_everything
+from eplcanet.app.experiment import _load_trained, run
 from eplcanet.sparse import load_dictionary, make_sparse_coder, save_dictionary
 from helpers import ROOT
 
@@ -236,12 +237,13 @@ def seed_dictionary(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["pretrained", "finetune", "learn"])
 def test_seed_lcacnn_commands_parse_as_written(mode, seed_dictionary, capsys):
-    args = parse_args(shlex.split(SEED_LCACNN + mode))
-    assert args.model == "LCACNN" and args.dict_training == mode
-    assert args.pools == "mmm" and args.strides == [1, 1, 1] and args.paddings == [1, 1, 1]
-    assert args.lrs == [0.25, 0.15, 0.1, 0.08] and len(args.wds) == 4
-    assert (args.lca_feats, args.lca_iters, args.lca_stride, args.lca_ksize) == (64, 600, 2, 9)
-    assert args.lca_lambda == 0.25 and args.lca_tau == 100 and args.lca_eta == 0.05
+    args = parse_settings(shlex.split(SEED_LCACNN + mode))
+    assert args.model.model == "LCACNN" and args.frontend.dict_training == mode
+    m, c = args.model, args.coder
+    assert m.pools == "mmm" and m.strides == (1, 1, 1) and m.paddings == (1, 1, 1)
+    assert args.optim.lrs == (0.25, 0.15, 0.1, 0.08) and len(args.optim.wds) == 4
+    assert (c.lca_feats, c.lca_iters, c.lca_stride, c.lca_ksize) == (64, 600, 2, 9)
+    assert c.lca_lambda == 0.25 and c.lca_tau == 100 and c.lca_eta == 0.05
     out = capsys.readouterr().out
     assert "ignores the extra trailing entries" in out
     for ignored in ("--pools 'immmm': 'm'", "--strides 1", "--paddings 1", "--wds 0.0003"):
@@ -278,20 +280,20 @@ def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path, 
     argv = ["--model", "LCACNN", "--lca_feats", "4", "--lca_ksize", "3", *shlex.split(
         flags.format(dict=path, tmp=tmp_path))]
     with pytest.raises(SystemExit) as err:
-        parse_args(argv)
+        parse_settings(argv)
     assert message in str(err.value) + capsys.readouterr().err  # a check's or argparse's
 
 
 def test_lca_flags_are_refused_for_other_models():
     with pytest.raises(SystemExit, match="--dict_training, --cache-codes only apply"):
-        parse_args(["--model", "CNN", "--dict_training", "learn", "--cache-codes"])
-    assert parse_args(["--model", "CNN"]).pools == "mm"
+        parse_settings(["--model", "CNN", "--dict_training", "learn", "--cache-codes"])
+    assert parse_settings(["--model", "CNN"]).model.pools == "mm"
 
 
 def test_pools_with_one_character_per_conv_layer_are_the_conv_pools():
-    args = parse_args(["--model", "LCACNN", "--dict_training", "learn", "--channels", "4", "8",
+    args = parse_settings(["--model", "LCACNN", "--dict_training", "learn", "--channels", "4", "8",
                        "--pools", "ma"])
-    assert args.pools == "ma"
+    assert args.model.pools == "ma"
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -303,7 +305,7 @@ def _digits_dictionary(path, feats=6, k=3):
 
 def _train(tmp_path, flags):
     argv = TINY + ["--save", "--results-dir", str(tmp_path / "res")] + flags
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     run_dir = next((tmp_path / "res").glob("digits/EP/LCACNN/*/run_*"))
     return result, run_dir, argv
 
@@ -328,7 +330,7 @@ def test_one_epoch_per_dictionary_mode_on_digits(mode, tmp_path):
     saved = _saved_dictionaries(run_dir)
     if mode == "learn":
         seed_everything(0)
-        start = build_model(parse_args(argv), (1, 8, 8), 10).dictionary.detach()
+        start = build_model(parse_settings(argv), (1, 8, 8), 10).dictionary.detach()
     else:
         start = load_dictionary(file)[0]
     for w in saved:
@@ -367,7 +369,7 @@ def test_evaluating_a_finetuned_run_uses_its_learned_dictionary(tmp_path):
     _, run_dir, argv = _train(tmp_path, ["--dict_training", "finetune", "--lca-dict", str(file)])
     learned = _saved_dictionaries(run_dir)[0]
     ev = argv + ["--todo", "evaluate", "--load-path", str(run_dir), "--lca-dict", "nowhere.pt"]
-    args = parse_args(ev)  # no dictionary file is needed: the run's own is loaded
+    args = parse_settings(ev)  # no dictionary file is needed: the run's own is loaded
     run(args, ev)
     net = build_model(args, (1, 8, 8), 10)
     _load_trained(net, run_dir, "cpu")
@@ -390,15 +392,15 @@ def _validate_call(argv: list[str]) -> None:
     dictionary-learning call writes a dictionary of its flags' shape where it would write one."""
     script, flags = Path(argv[0]).name, argv[1:]
     if script == "main_fast.py":
-        parse_args(flags)
+        parse_settings(flags)
     elif script == "cifar_dictlearning.py":
-        from eplcanet.app import dictlearning
+        from eplcanet.app.settings import parse_dictlearning
 
-        args = dictlearning.parse_args(flags)
-        dictlearning.check_args(args)
-        channels = 1 if args.task in ("digits", "MNIST", "FashionMNIST") else 3
-        w = torch.randn(args.lca_feats, channels, args.lca_ksize, args.lca_ksize)
-        save_dictionary(args.out, w / w.flatten(1).norm(dim=1)[:, None, None, None], {})
+        args = parse_dictlearning(flags)
+        channels = 1 if args.data.task in ("digits", "MNIST", "FashionMNIST") else 3
+        c = args.coder
+        w = torch.randn(c.lca_feats, channels, c.lca_ksize, c.lca_ksize)
+        save_dictionary(args.run.out, w / w.flatten(1).norm(dim=1)[:, None, None, None], {})
     else:
         raise AssertionError(f"unexpected python call {argv}")
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from eplcanet import runs
-from eplcanet.app.cli import main
+from eplcanet.app.experiment import main
 from eplcanet.app.entry import EXIT_DIVERGED, EXIT_USAGE
 from helpers import main_fast_command, metrics_rows
 
@@ -276,7 +276,7 @@ def test_tensorboard_needs_a_run_directory(capsys):
 def test_a_run_recorded_with_the_hep_points_default_still_loads(tmp_path):
     """Runs saved while --hep-points defaulted to 4 for every --alg carry it in their record; it
     is dropped unless the run is an hEP run, whose own value stays."""
-    from eplcanet.app.cli import parse_args
+    from eplcanet.app.settings import parse_settings
 
     for alg, want in (("EP", None), ("hEP", 6)):
         run_dir = tmp_path / alg
@@ -284,5 +284,5 @@ def test_a_run_recorded_with_the_hep_points_default_still_loads(tmp_path):
         runs.save_hyperparameters(run_dir, {"model": "MLP", "alg": alg, "act": "sigmoid",
                                             "hep_points": 6, "no_thirdphase": True},
                                   ["main_fast.py"])
-        args = parse_args(["--todo", "evaluate", "--load-path", str(run_dir)])
-        assert (args.alg, args.hep_points) == (alg, want)
+        args = parse_settings(["--todo", "evaluate", "--load-path", str(run_dir)])
+        assert (args.estimator.alg, args.estimator.hep_points) == (alg, want)

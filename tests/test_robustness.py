@@ -13,7 +13,7 @@ from eplcanet import predictor as pred
 from eplcanet import corruptions as corr
 from eplcanet import runs as run_files
 from eplcanet.app import robustness as rb
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.data import CIFAR_MEAN, CIFAR_STD, ImageDataset, load_task, make_loader
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import Phases
@@ -276,24 +276,26 @@ def test_robustness_flags_are_checked_before_any_work(extra, match, capsys):
     # a value argparse's type refuses exits 2 with the message on stderr; a combination
     # validate refuses exits with the message itself
     with pytest.raises(SystemExit) as err:
-        parse_args(extra)
+        parse_settings(extra)
     assert err.value.code != 0
     assert re.search(match, f"{err.value.code} {capsys.readouterr().err}")
 
 
 def test_robustness_flag_defaults_and_choices(capsys):
-    args = parse_args(["--todo", "attack", "--load-path", "r", "--T1", "12", "--T2", "5"])
-    assert (args.predict_step, args.attack_step, args.attack_norm) == ([12], None, "both")
+    args = parse_settings(["--todo", "attack", "--load-path", "r", "--T1", "12", "--T2", "5"])
+    r = args.robustness
+    assert (r.predict_step, r.attack_step, r.attack_norm) == ((12,), None, "both")
     assert rb.step_pairs(args) == [(12, 12)]  # the full gradient by default
-    args = parse_args(["--todo", "corrupt", "--load-path", "r", "--predict-step", "3"])
-    assert (args.predict_step, args.attack_step) == ([3], None)
-    args = parse_args(["--todo", "attack", "--load-path", "r", "--predict-step", "8", "4", "8",
+    args = parse_settings(["--todo", "corrupt", "--load-path", "r", "--predict-step", "3"])
+    assert (args.robustness.predict_step, args.robustness.attack_step) == ((3,), None)
+    args = parse_settings(["--todo", "attack", "--load-path", "r", "--predict-step", "8", "4", "8",
                        "--attack-step", "2", "6"])
     assert rb.step_pairs(args) == [(4, 2), (8, 2), (8, 6)]  # sorted, no repeats, a <= p
-    assert args.corruptions == list(corr.CORRUPTIONS) and args.severities == [1, 2, 3, 4, 5]
+    r = args.robustness
+    assert r.corruptions == corr.CORRUPTIONS and r.severities == (1, 2, 3, 4, 5)
     for bad in (["--corruptions", "fog"], ["--severities", "6"], ["--attack-norm", "L1"]):
         with pytest.raises(SystemExit):
-            parse_args(["--todo", "corrupt", "--load-path", "r", *bad])
+            parse_settings(["--todo", "corrupt", "--load-path", "r", *bad])
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -302,7 +304,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
     results = copy_results(digits_cnn_results, tmp_path / "results")  # the attack writes into it
     (run_dir,) = results.glob("digits/EP/CNN/*/run_1")
     out = run(
-        parse_args(
+        parse_settings(
             [
                 *DIGITS_CNN,
                 "--todo",
@@ -351,7 +353,7 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
     assert "accuracy_vanishes" in set(checks["check"])
     assert is_png(run_dir / "attack.png") and out["csv"] == run_dir / "attack.csv"
     run(
-        parse_args(
+        parse_settings(
             [
                 *DIGITS_CNN,
                 "--todo",
@@ -384,9 +386,9 @@ def test_main_fast_attack_and_corrupt_write_csv_and_png(tmp_path, digits_cnn_res
 
 
 def test_predictor_differentiates_through_the_lca_frontend():
-    from eplcanet.app.experiment import build_model
+    from eplcanet.app.build import build_model
 
-    args = parse_args(
+    args = parse_settings(
         [
             "--model",
             "LCACNN",
@@ -446,9 +448,9 @@ def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tm
     attack = ["--todo", "attack", "--load-path", str(run_dir), "--attacks", "pgd",
               "--attack-samples", "32", "--pgd-steps", "3", "--attack-norm", "Linf",
               "--epsilons", "0", "0.2", "--device", "cpu"]
-    run(parse_args([*attack, "--predict-step", "6"]), argv=[])
+    run(parse_settings([*attack, "--predict-step", "6"]), argv=[])
     alone = pd.read_csv(run_dir / "attack.csv")
-    run(parse_args([*attack, "--predict-step", "3", "6", "--attack-step", "3", "6"]), argv=[])
+    run(parse_settings([*attack, "--predict-step", "3", "6", "--attack-step", "3", "6"]), argv=[])
     study = pd.read_csv(run_dir / "attack.csv")
     pairs = sorted(set(zip(study["predict_step"], study["attack_step"])))
     assert pairs == [(3, 3), (6, 3), (6, 6)]
@@ -465,7 +467,7 @@ def test_what_is_not_a_classifier_or_not_pixels_is_refused(tmp_path):
     dictionary_run.mkdir()
     (dictionary_run / "hyperparameters.json").write_text('{"lca_feats": 64, "lca_iters": 100}')
     with pytest.raises(SystemExit, match="is not a main_fast.py run"):
-        parse_args(["--todo", "attack", "--load-path", str(dictionary_run)])
+        parse_settings(["--todo", "attack", "--load-path", str(dictionary_run)])
     scaled = ImageDataset(torch.full((4, 1, 8, 8), 3.0), torch.arange(4))  # not in [0, 1]
     with pytest.raises(ValueError, match=r"not pixels in \[0, 1\] \(range \[3, 3\]\)"):
         pred.dataset_pixels(scaled)

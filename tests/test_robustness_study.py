@@ -14,7 +14,7 @@ import pytest
 
 from eplcanet.app import robustness_study as rs
 from eplcanet.attacks import RESULT_COLUMNS
-from eplcanet.app.robustness import main as robustness_main
+from eplcanet.app.robustness_study import main as robustness_main
 from eplcanet.runs import save_hyperparameters
 from helpers import ROOT, hand_stats
 

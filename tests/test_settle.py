@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from eplcanet.energy.dynamics import Relaxation, relax, settle, step
-from eplcanet.energy.learning import Phases, StateBank, ep_grads, estimate_grads
+from eplcanet.energy.estimators import estimate_grads
+from eplcanet.energy.learning import Phases, StateBank, ep_grads
 from eplcanet.energy.networks import P_CNN, P_MLP
 
 D = torch.float64
@@ -161,27 +162,28 @@ TINY_CLI = "--channels 4 8 --T1 60 --T2 20 --mbs 256 --epochs 2 --device cpu".sp
 
 @pytest.mark.parametrize("value", ["0", "-1e-6", "nan", "inf", "tiny"])
 def test_bad_tol_flag_is_refused_before_work(value, capsys):
-    from eplcanet.app.cli import parse_args
+    from eplcanet.app.settings import parse_settings
 
     with pytest.raises(SystemExit):
-        parse_args(TINY_CLI + [f"--tol={value}"])
+        parse_settings(TINY_CLI + [f"--tol={value}"])
     assert "--tol: must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_tol_flag_with_bptt_is_refused():
-    from eplcanet.app.cli import parse_args
+    from eplcanet.app.settings import parse_settings
 
     with pytest.raises(SystemExit, match="--tol applies to --alg EP"):
-        parse_args(TINY_CLI + ["--tol", "1e-5", "--alg", "BPTT"])
+        parse_settings(TINY_CLI + ["--tol", "1e-5", "--alg", "BPTT"])
 
 
 def test_tol_run_logs_the_steps_per_epoch_and_gducheck_shows_them(tmp_path, capsys):
     from eplcanet import runs
-    from eplcanet.app.cli import parse_args
-    from eplcanet.app.experiment import build_model, run
+    from eplcanet.app.settings import parse_settings
+    from eplcanet.app.build import build_model
+    from eplcanet.app.experiment import run
 
     argv = TINY_CLI + ["--tol", "1e-5", "--save", "--results-dir", str(tmp_path)]
-    args = parse_args(argv)
+    args = parse_settings(argv)
     assert build_model(args, (1, 8, 8), 10).relaxation.tol == 1e-5
     run(args, argv)
     rows = runs.read_metrics(next(tmp_path.glob("digits/EP/CNN/*/run_1")))
@@ -193,11 +195,11 @@ def test_tol_run_logs_the_steps_per_epoch_and_gducheck_shows_them(tmp_path, caps
         assert r["free_steps_max"] % 5 == 0  # tested every 5 steps
     assert "steps free" in capsys.readouterr().out
     gdu = ["--todo", "gducheck", "--tol", "1e-5", "--results-dir", str(tmp_path)] + TINY_CLI
-    run(parse_args(gdu), gdu)
+    run(parse_settings(gdu), gdu)
     assert "free phase settled in" in capsys.readouterr().out
     # and without --tol, no step columns
     plain = TINY_CLI[:-4] + ["--epochs", "1", "--device", "cpu", "--save", "--results-dir",
                              str(tmp_path / "plain")]
-    run(parse_args(plain), plain)
+    run(parse_settings(plain), plain)
     header = next((tmp_path / "plain").glob("digits/EP/CNN/*/run_1/metrics.csv")).read_text()
     assert header.splitlines()[0] == ",".join(runs.METRICS_FIELDS)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.energy.dynamics import relax, step
 from eplcanet.energy.learning import Phases, ep_grads
 from eplcanet.energy.networks import P_MLP, VF_MLP
@@ -156,16 +156,16 @@ def test_same_update_changes_nothing_for_linear_feedback():
 
 
 def test_cli_builds_vfmlp_and_refuses_what_it_cannot_take():
-    args = parse_args("--model VFMLP --archi 64 32 10 --same-update --device cpu".split())
-    assert args.lrs == [0.1, 0.1] and args.same_update
+    args = parse_settings("--model VFMLP --archi 64 32 10 --same-update --device cpu".split())
+    assert args.optim.lrs == (0.1, 0.1) and args.model.same_update
     with pytest.raises(SystemExit, match="--lrs needs 2 value"):
-        parse_args("--model VFMLP --archi 64 32 10 --lrs 0.1".split())
+        parse_settings("--model VFMLP --archi 64 32 10 --lrs 0.1".split())
     with pytest.raises(SystemExit, match="VFCNN or VFMLP"):
-        parse_args("--model MLP --archi 64 32 10 --same-update".split())
+        parse_settings("--model MLP --archi 64 32 10 --same-update".split())
 
 
 def test_vfmlp_learns_digits(tmp_path):
     argv = ("--model VFMLP --archi 64 64 10 --act mysig --T1 20 --T2 4 --mbs 32 --epochs 2 "
             "--optim sgd --mmt 0.9 --lrs 0.2 0.1 --betas 0 0.5 --device cpu --seed 0").split()
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     assert result["test_acc"] > 0.85  # chance is 0.1 (measured 0.955)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from eplcanet.app.cli import parse_args
+from eplcanet.app.settings import parse_settings
 from eplcanet.data import WithIndex, load_task, make_loader
 from eplcanet.energy.dynamics import relax
 from eplcanet.energy.learning import Phases, StateBank
@@ -75,7 +75,7 @@ def test_second_epoch_relaxes_from_the_stored_equilibria():
 def test_warm_start_trains_from_the_command_line(tmp_path, capsys):
     argv = ["--warm-start", "5", "--epochs", "2", "--device", "cpu", "--save",
             "--results-dir", str(tmp_path)]
-    result = run(parse_args(argv), argv)
+    result = run(parse_settings(argv), argv)
     out = capsys.readouterr().out
     assert "warm start: 5 free steps" in out and "state bank" in out
     assert result["test_acc"] > 0.3  # far above chance (0.1) after two tiny epochs
@@ -87,5 +87,5 @@ def test_warm_start_under_torchrun_is_refused_before_any_work(tmp_path):
 
     argv = ["--warm-start", "5", "--device", "cpu", "--save", "--results-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="--warm-start runs in a single process"):
-        _run(parse_args(argv), argv, DistContext(rank=0, world_size=2))
+        _run(parse_settings(argv), argv, DistContext(rank=0, world_size=2))
     assert not any(tmp_path.iterdir())  # no run directory was started

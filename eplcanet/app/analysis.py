@@ -15,7 +15,6 @@ What ``eval_lcanet.ipynb`` uses, kept in the package so that it is tested and re
 
 from __future__ import annotations
 
-import argparse
 import glob
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from ..energy.dynamics import relax
 from ..energy.networks import EnergyNet
 from ..runs import load_hyperparameters, read_metrics
+from .settings import Settings, settings_of_record
 
 # Hyperparameters shown in the run table, when a run has them; the LCA ones for LCACNN runs only
 # (every run records the LCA flags' defaults).
@@ -206,10 +206,10 @@ def run_table(run_dirs: Iterable[str | Path]):
 
 @dataclass
 class LoadedRun:
-    """A run directory with its flags, its network (best weights, eval mode) and its data."""
+    """A run directory with its settings, its network (best weights, eval mode) and its data."""
 
     run_dir: Path
-    args: argparse.Namespace
+    settings: Settings
     net: EnergyNet
     splits: Any
     device: torch.device
@@ -221,38 +221,25 @@ def load_run(run_dir: str | Path, device: str = "cpu", **overrides: Any) -> Load
     Flags the run did not record take main_fast.py's defaults; ``overrides`` replace recorded
     flags (e.g. data_path="..." when the data moved). The data splits are loaded as the run did.
     """
-    from .cli import build_parser
     from ..data import load_task
-    from .experiment import build_model
+    from .build import build_model
 
     run_dir = Path(run_dir)
-    hp = load_hyperparameters(run_dir)
-    defaults = vars(build_parser().parse_args([]))
-    known = {k: v for k, v in hp.items() if k in defaults}
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown flag name(s) {unknown}; use main_fast.py's names (e.g. T1)")
     # As --todo evaluate --load-path RUN: the weights come from the run, never from --lca-dict.
-    reload = {"todo": "evaluate", "load_path": str(run_dir)}
-    args = argparse.Namespace(**{**defaults, **known, **reload, **overrides})
-    splits = load_task(
-        args.task,
-        data_dir=args.data_dir,
-        data_path=args.data_path,
-        download=False,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        image_size=args.image_size,
-    )
+    cfg = settings_of_record(load_hyperparameters(run_dir), todo="evaluate",
+                             load_path=str(run_dir), **overrides)
+    d = cfg.data
+    splits = load_task(d.task, data_dir=d.data_dir, data_path=d.data_path, download=False,
+                       val_fraction=d.val_fraction, seed=cfg.run.seed, image_size=d.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     dev = torch.device(device)
-    net = build_model(args, in_shape, splits.n_classes).to(dev)
+    net = build_model(cfg, in_shape, splits.n_classes).to(dev)
     from ..runs import load_state_dict
 
     best = run_dir / "best.pt"
     load_state_dict(best if best.is_file() else run_dir / "checkpoint.pt", net, map_location=dev)
     net.eval()
-    return LoadedRun(run_dir, args, net, splits, dev)
+    return LoadedRun(run_dir, cfg, net, splits, dev)
 
 
 def sample_batch(dataset, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,11 +286,11 @@ def gdu_check(loaded: LoadedRun, out_dir: str | Path) -> dict:
     """The GDU check of main_fast.py --todo gducheck on the loaded run (--gdu-batch training
     samples): gdu.json and one gdu_<parameter>.png per parameter in out_dir; returns the metrics
     (per parameter and EP variant: cosine, relative RMSE and sign agreement with BPTT)."""
-    from .experiment import _gducheck
+    from .gducheck import gducheck
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # _gducheck writes into the directory it is given as the run directory.
-    result = _gducheck(loaded.args, loaded.net, loaded.splits, loaded.device, out_dir)
+    # gducheck writes into the directory it is given as the run directory.
+    result = gducheck(loaded.settings, loaded.net, loaded.splits, loaded.device, out_dir)
     loaded.net.eval()
     return result

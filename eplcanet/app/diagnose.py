@@ -35,14 +35,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .cli import parse_args
 from ..data import load_task
 from ..energy import conditioning as cond
 from ..energy.dynamics import CONV_ALGOS
 from .entry import COUNT, POSITIVE, Parser, resolve_device, run_command
-from .experiment import build_model, phases_of, seed_everything
+from .build import build_model, phases_of, seed_everything
 from ..kernels import native
 from ..runs import atomic_write_text, load_state_dict
+from .settings import Settings, parse_settings
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -71,47 +71,47 @@ def _rows(name: str, result: dict[str, dict]) -> list[dict]:
     return [{"comparison": name, "tensor": t, **v} for t, v in result.items()]
 
 
-def diagnose(args, opts) -> dict:
+def diagnose(cfg: Settings, opts) -> dict:
     """Run every measurement; returns the summary (also written to opts.out)."""
     dtype = DTYPES[opts.dtype]
-    seed_everything(args.seed)
-    splits = load_task(args.task, data_dir=args.data_dir, data_path=args.data_path,
-                       download=args.download, val_fraction=args.val_fraction, seed=args.seed,
-                       image_size=args.image_size)
+    seed_everything(cfg.run.seed)
+    d, alg = cfg.data, cfg.estimator.alg
+    splits = load_task(d.task, data_dir=d.data_dir, data_path=d.data_path, download=d.download,
+                       val_fraction=d.val_fraction, seed=cfg.run.seed, image_size=d.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    net = build_model(args, in_shape, splits.n_classes)
-    if args.load_path:
-        run = Path(args.load_path)
+    net = build_model(cfg, in_shape, splits.n_classes)
+    if cfg.run.load_path:
+        run = Path(cfg.run.load_path)
         load_state_dict(run / "best.pt" if (run / "best.pt").is_file() else
                         run / "checkpoint.pt", net)
-    device = resolve_device(args.device)
+    device = resolve_device(cfg.run.device)
     net = net.to(device=device, dtype=dtype)
     x, y = _samples(splits, opts.samples)
     x, y = x.to(device=device, dtype=dtype), y.to(device)
-    phases = phases_of(args)
+    phases = phases_of(cfg)
 
     print(f"settling ({phases.T1} free, {phases.T2} nudged steps) ...", flush=True)
     trace = cond.settle_trace(net, x, y, phases)
     settled = cond.settle_steps(trace, opts.settle_tol)
 
     print("estimates ...", flush=True)
-    base = cond.estimate(net, x, y, args.alg, phases)
+    base = cond.estimate(net, x, y, alg, phases)
     rows = []
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(cfg.run.seed)
     noise = torch.randn(x.shape, generator=g, dtype=dtype).to(device)
     noisy = x + opts.noise * float(x.abs().max()) * noise
     rows += _rows(f"input noise {opts.noise:g}", cond.agreement(
-        cond.estimate(net, noisy, y, args.alg, phases), base))
-    direct = cond.estimate(net.with_relaxation(conv_algo="direct"), x, y, args.alg, phases)
+        cond.estimate(net, noisy, y, alg, phases), base))
+    direct = cond.estimate(net.with_relaxation(conv_algo="direct"), x, y, alg, phases)
     for algo in CONV_ALGOS:
         if algo == "direct" or (algo == "winograd" and native.why_unavailable() is not None):
             continue
-        fast = cond.estimate(net.with_relaxation(conv_algo=algo), x, y, args.alg, phases)
+        fast = cond.estimate(net.with_relaxation(conv_algo=algo), x, y, alg, phases)
         rows += _rows(f"conv_algo {algo} vs direct", cond.agreement(fast, direct))
     if net.relaxation.tol is not None:  # --tol: phases stopped once settled vs all T1 / T2 steps
-        fixed = cond.estimate(net.with_relaxation(tol=None), x, y, args.alg, phases)
+        fixed = cond.estimate(net.with_relaxation(tol=None), x, y, alg, phases)
         rows += _rows(f"tol {net.relaxation.tol:g} vs fixed steps", cond.agreement(base, fixed))
-    if args.alg == "EP":
+    if alg == "EP":
         bptt = cond.estimate(net.with_relaxation(tol=None), x, y, "BPTT", phases)
         rows += _rows("EP vs BPTT (GDU)", cond.agreement(base, bptt))
     picks = cond.pool_pick_report(net, x, phases.T1) if device.type == "cpu" else []
@@ -125,7 +125,7 @@ def diagnose(args, opts) -> dict:
                                  "direct_gap"]).to_csv(out / "pool_picks.csv", index=False)
     worst = agree_df.loc[agree_df.groupby("comparison", sort=False)["cosine"].idxmin()]
     summary = {
-        "samples": opts.samples, "dtype": opts.dtype, "alg": args.alg, "T1": phases.T1,
+        "samples": opts.samples, "dtype": opts.dtype, "alg": alg, "T1": phases.T1,
         "T2": phases.T2, "settle_tol": opts.settle_tol, "settled_at_step": settled,
         "worst_tensor": {r.comparison: {"tensor": r.tensor, "cosine": r.cosine,
                                         "rel_err": r.rel_err} for r in worst.itertuples()},
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\nEvery other flag is main_fast.py's (python main_fast.py --help).")
         raise SystemExit(0)
     opts, rest = own_parser().parse_known_args(argv)
-    return diagnose(parse_args(rest), opts)
+    return diagnose(parse_settings(rest), opts)
 
 
 if __name__ == "__main__":

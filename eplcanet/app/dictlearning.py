@@ -20,7 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data import TASKS, load_task, natural_image_patches
+from ..data import load_task, natural_image_patches
 from ..runs import atomic_write_text, make_run_dir, save_hyperparameters
 from ..sparse import (
     LCAConv2D,
@@ -44,119 +43,8 @@ from ..sparse import (
     save_dictionary,
     save_feature_grid,
 )
-from .entry import COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, SEED, Parser, number, resolve_device
-
-TASK_CHOICES = ("patches", *TASKS)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = Parser(
-        description="Learn a convolutional LCA dictionary with the Hebbian rule.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--task",
-        default="patches",
-        type=str,
-        help=f"one of {TASK_CHOICES}; 'patches' = 32x32 crops of scikit-image's "
-        "photographs (offline), npz = --data-path file",
-    )
-    p.add_argument("--data-path", default=None, help="the .npz file of --task npz")
-    p.add_argument("--data-dir", default="./data", help="torchvision dataset folder")
-    p.add_argument("--download", action="store_true", help="let torchvision download the task")
-    p.add_argument(
-        "--n-images",
-        type=COUNT,
-        default=None,
-        help="training images used (default: all; 512 for patches)",
-    )
-    p.add_argument("--n-eval", type=COUNT, default=128, help="held-out images for evaluation")
-    p.add_argument("--lca_feats", type=COUNT, default=64, help="number of atoms F")
-    p.add_argument("--lca_lambda", type=NON_NEGATIVE, default=0.25, help="sparsity threshold lambda")
-    p.add_argument("--lca_tau", type=number(float, low=1.0), default=100.0, help="LCA time constant (solver lca)")
-    p.add_argument("--lca_eta", type=POSITIVE, default=0.5, help="Hebbian learning rate")
-    p.add_argument(
-        "--eta-schedule",
-        default="cosine",
-        choices=("constant", "cosine"),
-        help="cosine: eta decays from --lca_eta to 0 over the run (large early steps shape the "
-        "atoms, small late ones settle them)",
-    )
-    p.add_argument("--lca_iters", type=COUNT, default=100, help="solver iterations per batch")
-    p.add_argument("--lca_stride", type=COUNT, default=2, help="atom stride")
-    p.add_argument("--lca_ksize", type=COUNT, default=9, help="atom size (odd)")
-    p.add_argument(
-        "--solver",
-        default="fista",
-        choices=("fista", "lca"),
-        help="fista reaches the LCA optimum in far fewer iterations",
-    )
-    p.add_argument("--eval-iters", type=COUNT, default=300, help="solver iterations to evaluate")
-    p.add_argument("--epochs", type=COUNT, default=2)
-    p.add_argument("--mbs", type=COUNT, default=64, help="minibatch size")
-    p.add_argument(
-        "--lambda-schedule",
-        default="constant",
-        help="'constant', or 'linear:START:EPOCHS' to ramp lambda linearly from START "
-        "to --lca_lambda over the first EPOCHS epochs (fractions allowed)",
-    )
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument(
-        "--threads",
-        type=COUNT,
-        default=None,
-        help="CPU threads for torch; default: 1 when other processes already keep half the "
-        "cores busy (OpenMP threads then wait on each other), else torch's choice",
-    )
-    p.add_argument("--results-dir", default="./results")
-    p.add_argument("--out", default=None, help="dictionary file (default: RUN_DIR/dictionary.pt)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--overwrite", action="store_true",
-                   help="allow --out to replace an existing dictionary file")
-    return p.parse_args(argv)
-
-
-def lambda_schedule(spec: str, target: float) -> tuple[float, float]:
-    """(start, warmup_epochs) of the lambda ramp; a ValueError that quotes the flag when bad."""
-    if spec == "constant":
-        return target, 0.0
-    parts = spec.split(":")
-    try:
-        if parts[0] != "linear" or len(parts) != 3:
-            raise ValueError
-        start, epochs = float(parts[1]), float(parts[2])
-    except ValueError:
-        raise ValueError(
-            f"--lambda-schedule must be 'constant' or 'linear:START:EPOCHS', got {spec!r}"
-        ) from None
-    if start < 0 or epochs <= 0:
-        raise ValueError(f"--lambda-schedule {spec!r}: START must be >= 0 and EPOCHS > 0")
-    return start, epochs
-
-
-def check_args(args: argparse.Namespace) -> torch.device:
-    """Reject bad flags before any data is loaded; returns the device to run on."""
-    canonical = {t.lower(): t for t in TASK_CHOICES}
-    if args.task.lower() not in canonical:
-        raise ValueError(f"--task must be one of {TASK_CHOICES}, got {args.task!r}")
-    args.task = canonical[args.task.lower()]
-    if args.task == "npz" and args.data_path is None:
-        raise ValueError("--task npz needs --data-path FILE.npz")
-    if args.task == "npz" and not Path(args.data_path).is_file():
-        raise ValueError(f"--data-path {args.data_path!r}: no such file")
-    if args.task != "npz" and args.data_path is not None:
-        raise ValueError("--data-path is used only with --task npz")
-    if args.lca_ksize % 2 == 0:
-        raise ValueError(f"--lca_ksize must be odd ('same' padding), got {args.lca_ksize}")
-    if args.lca_stride > args.lca_ksize:
-        raise ValueError(f"--lca_stride ({args.lca_stride}) must be <= --lca_ksize")
-    lambda_schedule(args.lambda_schedule, args.lca_lambda)
-    if args.out is not None and Path(args.out).exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} exists (a learned dictionary would be lost): give "
-                         "another path, or --overwrite to replace it")
-    return resolve_device(args.device)
-
+from .entry import resolve_device
+from .settings import DictLearningSettings, lambda_start, parse_dictlearning
 
 def cpu_threads() -> int:
     """torch's thread count, or 1 on busy shared cores.
@@ -170,25 +58,25 @@ def cpu_threads() -> int:
     return 1 if busy >= cores / 2 else torch.get_num_threads()
 
 
-def load_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def load_images(cfg: DictLearningSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held_out) float32 images (N, C, H, W)."""
-    if args.task == "patches":
-        n_train = args.n_images or 512
-        x = natural_image_patches(32, n_train + args.n_eval, seed=args.seed)
+    if cfg.data.task == "patches":
+        n_train = cfg.data.n_images or 512
+        x = natural_image_patches(32, n_train + cfg.data.n_eval, seed=cfg.run.seed)
         return x[:n_train], x[n_train:]
     splits = load_task(
-        args.task,
-        data_dir=args.data_dir,
-        data_path=args.data_path,
-        download=args.download,
-        seed=args.seed,
+        cfg.data.task,
+        data_dir=cfg.data.data_dir,
+        data_path=cfg.data.data_path,
+        download=cfg.data.download,
+        seed=cfg.run.seed,
     )
 
     def stack(dataset, limit):
         n = len(dataset) if limit is None else min(limit, len(dataset))
         return torch.stack([dataset[i][0] for i in range(n)])
 
-    return stack(splits.train, args.n_images), stack(splits.val, args.n_eval)
+    return stack(splits.train, cfg.data.n_images), stack(splits.val, cfg.data.n_eval)
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:
@@ -285,56 +173,57 @@ def save_curves(steps: list[dict], epochs: list[dict], run_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Run dictionary learning with command-line flags ``argv``; returns the summary."""
     command = [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]
-    args = parse_args(argv)
-    device = check_args(args)
-    lam_start, warmup_epochs = lambda_schedule(args.lambda_schedule, args.lca_lambda)
-    threads = args.threads or cpu_threads()
+    cfg = parse_dictlearning(argv)
+    device = resolve_device(cfg.run.device)
+    lam_start, warmup_epochs = lambda_start(cfg)
+    threads = cfg.run.threads or cpu_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    train, held_out = load_images(args)
+    torch.manual_seed(cfg.run.seed)
+    train, held_out = load_images(cfg)
     channels, size = train.shape[1], train.shape[2]
-    if size < args.lca_stride:
+    if size < cfg.coder.lca_stride:
         raise ValueError(f"images of size {size} are smaller than --lca_stride")
 
-    model = f"lca_F{args.lca_feats}_k{args.lca_ksize}_s{args.lca_stride}"
-    run_dir = make_run_dir(args.results_dir, args.task, "dictlearning", model)
-    save_hyperparameters(run_dir, vars(args), command)
+    model = f"lca_F{cfg.coder.lca_feats}_k{cfg.coder.lca_ksize}_s{cfg.coder.lca_stride}"
+    run_dir = make_run_dir(cfg.run.results_dir, cfg.data.task, "dictlearning", model)
+    save_hyperparameters(run_dir, cfg.flat(), command)
     print(
         f"{len(train)} training and {len(held_out)} held-out images {tuple(train.shape[1:])}, "
         f"device {device}, {threads} CPU thread(s), run directory {run_dir}"
     )
 
     layer = LCAConv2D(
-        out_neurons=args.lca_feats,
+        out_neurons=cfg.coder.lca_feats,
         in_neurons=channels,
-        kernel_size=args.lca_ksize,
-        stride=args.lca_stride,
+        kernel_size=cfg.coder.lca_ksize,
+        stride=cfg.coder.lca_stride,
         lambda_=lam_start,
-        tau=args.lca_tau,
-        eta=args.lca_eta,
-        lca_iters=args.lca_iters,
-        solver=args.solver,
+        tau=cfg.coder.lca_tau,
+        eta=cfg.coder.lca_eta,
+        lca_iters=cfg.coder.lca_iters,
+        solver=cfg.coder.lca_solver,
         pad="same",
         return_vars=("acts", "recon_errors"),
         input_zero_mean=False,
         input_unit_var=False,
     ).to(device)
 
-    steps_per_epoch = -(-len(train) // args.mbs)
-    total_steps = steps_per_epoch * args.epochs
-    gen = torch.Generator().manual_seed(args.seed)
+    steps_per_epoch = -(-len(train) // cfg.learning.mbs)
+    total_steps = steps_per_epoch * cfg.learning.epochs
+    gen = torch.Generator().manual_seed(cfg.run.seed)
     steps, epochs = [], []
     step, t0 = 0, time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, cfg.learning.epochs + 1):
         order = torch.randperm(len(train), generator=gen)
-        bar = tqdm(order.split(args.mbs), desc=f"epoch {epoch}/{args.epochs}", unit="batch")
+        bar = tqdm(order.split(cfg.learning.mbs), desc=f"epoch {epoch}/{cfg.learning.epochs}",
+                   unit="batch")
         for idx in bar:
             progress = step / steps_per_epoch
             if warmup_epochs:
                 frac = min(1.0, progress / warmup_epochs)
-                layer.lambda_ = lam_start + frac * (args.lca_lambda - lam_start)
-            if args.eta_schedule == "cosine":
-                layer.eta = 0.5 * args.lca_eta * (1 + math.cos(math.pi * step / total_steps))
+                layer.lambda_ = lam_start + frac * (cfg.coder.lca_lambda - lam_start)
+            if cfg.learning.eta_schedule == "cosine":
+                layer.eta = 0.5 * cfg.coder.lca_eta * (1 + math.cos(math.pi * step / total_steps))
             x = standardise(train[idx].to(device))
             with torch.no_grad():
                 acts, errors = layer(x)
@@ -355,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
                 zero=f"{record['frac_zero']:.2f}",
                 r2=f"{record['r2']:.3f}",
             )
-        held = evaluate(layer, held_out, args.eval_iters, args.mbs)
+        held = evaluate(layer, held_out, cfg.learning.eval_iters, cfg.learning.mbs)
         epochs.append({"step": step, **held})
         print(
             f"epoch {epoch}: held-out R^2 {held['r2']:.4f}, zero codes "
@@ -364,19 +253,19 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - t0
 
     config = {
-        "kernel_size": args.lca_ksize,
-        "stride": args.lca_stride,
+        "kernel_size": cfg.coder.lca_ksize,
+        "stride": cfg.coder.lca_stride,
         "pad": "same",
         "in_neurons": channels,
-        "out_neurons": args.lca_feats,
-        "lambda_": args.lca_lambda,
-        "tau": args.lca_tau,
-        "task": args.task,
-        "epochs": args.epochs,
-        "seed": args.seed,
+        "out_neurons": cfg.coder.lca_feats,
+        "lambda_": cfg.coder.lca_lambda,
+        "tau": cfg.coder.lca_tau,
+        "task": cfg.data.task,
+        "epochs": cfg.learning.epochs,
+        "seed": cfg.run.seed,
         "preprocessing": "per-image zero mean, unit variance",
     }
-    out = Path(args.out) if args.out else run_dir / "dictionary.pt"
+    out = Path(cfg.run.out) if cfg.run.out else run_dir / "dictionary.pt"
     save_dictionary(out, layer.weights, config)
     save_feature_grid(layer.weights, run_dir / "feature_grid.png", scale=4)
     save_reconstructions(layer, held_out, run_dir / "reconstructions.png")

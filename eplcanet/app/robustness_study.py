@@ -12,11 +12,12 @@ point is reported, never dropped.
     summarise(points)           one row per (task, model, norm, epsilon, kind): n seeds, mean,
                                 std, CI, seeds flagged, images per seed, the attacks that won
     plots.plot_study(summary, path)   accuracy vs epsilon with CI bands, a panel per (task, norm)
-    python -m eplcanet.app.robustness study ROOT... [--out DIR]   both files for the runs below ROOT
+    python -m eplcanet.app.robustness_study study ROOT... [--out DIR]   both files for the runs below ROOT
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -26,7 +27,9 @@ from . import plots
 from .analysis import find_runs
 from ..attacks import BLACK_BOX, WHITE_BOX, deployed_rows
 from .report import mean_ci, task_of
-from ..runs import load_hyperparameters
+from ..runs import load_hyperparameters, read_rows
+from .entry import Parser, run_command
+from .robustness import attack_curves
 
 # Black-box attacks split by what they read: Square the scores, HopSkipJump only the decision;
 # HopSkipJump runs on a subset of the images (--hsj-samples), so its accuracy is never mixed into
@@ -130,3 +133,48 @@ def write_study(roots: Iterable[str | Path],
     atomic_write_text(summary.to_csv(index=False, lineterminator="\n"), files["summary"])
     files["figure"] = plots.plot_study(summary, out / "study.png")
     return files, summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m eplcanet.app.robustness_study plot OUT.png LABEL=RUN_DIR ...``: one figure of the
+    attack.csv curves of several runs (e.g. EP vs BPTT vs LCA-CNN);
+    ``python -m eplcanet.app.robustness_study study ROOT... --out DIR``: the multi-seed table and figure of
+    the attacked runs below ROOT (eplcanet.app.robustness_study)."""
+    p = Parser(prog="python -m eplcanet.app.robustness_study")
+    sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("study", help="mean and 95%% CI over seeds of the attacked runs below "
+                        "ROOT: study_points.csv, study.csv, study.png")
+    st.add_argument("roots", nargs="+", metavar="ROOT", help="folders holding run directories")
+    st.add_argument("--out", required=True, help="folder for the three files")
+    pl = sub.add_parser("plot", help="accuracy vs epsilon of several runs in one figure")
+    pl.add_argument("out", help="the PNG to write")
+    pl.add_argument(
+        "runs",
+        nargs="+",
+        metavar="LABEL=RUN_DIR",
+        help="a legend label and a run directory holding attack.csv",
+    )
+    pl.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    if args.command == "study":
+        missing = [r for r in args.roots if not Path(r).is_dir()]
+        if missing:
+            p.error(f"ROOT {', '.join(missing)}: no such folder")
+        files, summary = write_study(args.roots, args.out)
+        print(format_summary(summary))
+        print("wrote " + ", ".join(str(f) for f in files.values()))
+        return
+    curves = {}
+    for item in args.runs:
+        label, sep, run = item.partition("=")
+        if not sep or not label or not run:
+            p.error(f"runs must be LABEL=RUN_DIR, got {item!r}")
+        csv_path = Path(run) / "attack.csv"
+        if not csv_path.is_file():
+            p.error(f"{csv_path} not found: run main_fast.py --todo attack --load-path {run}")
+        curves.update(attack_curves(label, read_rows(csv_path)))
+    print(plots.plot_robustness(curves, args.out, title=args.title or "ART attacks"))
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..energy.dynamics import settle
-from ..energy.learning import Phases, StateBank, cep_vs_ep, estimate_grads
+from ..energy.estimators import estimate_grads
+from ..energy.learning import Phases, StateBank, cep_vs_ep
 from ..energy.networks import EnergyNet
 from .entry import Diverged
 from ..runs import get_rng_state, set_rng_state

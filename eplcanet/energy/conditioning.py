@@ -26,7 +26,8 @@ from ..kernels import native
 from ..kernels.winograd import WinogradConvs, eligible
 from .dynamics import step
 from .lcacnn import LCA_CNN
-from .learning import Phases, estimate_grads
+from .estimators import estimate_grads
+from .learning import Phases
 from .networks import EnergyNet
 from .pool_ties import first_identical
 

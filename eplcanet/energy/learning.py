@@ -19,7 +19,6 @@ import torch
 from .dynamics import relax, settle
 from .networks import EnergyNet, VF_CNN
 
-ALGORITHMS = ("EP", "BPTT", "BP", "hEP", "CEP")
 
 
 @dataclass(frozen=True)
@@ -345,35 +344,6 @@ def bptt_grads(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, phases: Phases)
         grads = torch.autograd.grad(loss, _params(net), allow_unused=True)
     _write_grads(net, grads)
     return Estimate([s.detach() for s in states], phases.T1, 0)
-
-
-def estimate_grads(net: EnergyNet, x, y, alg: str, phases: Phases, generator=None,
-                   init=None, update: Callable[[], None] | None = None,
-                   record: dict | None = None) -> Estimate:
-    """Dispatch on --alg; returns the free states (for the running accuracy) and the steps
-    taken. `init`: the free phase's initial states (EP only; default zero states). `update`:
-    applies ``.grad`` to the weights, which CEP calls at every nudged step (required for CEP,
-    unused otherwise); `record`: see ``cep_grads``."""
-    if alg == "EP":
-        return ep_grads(net, x, y, phases, generator, init)
-    if init is not None:
-        raise ValueError(f"initial states (--warm-start) apply to EP, not {alg}")
-    if alg == "CEP":
-        if update is None:
-            raise ValueError("CEP updates the weights at every nudged step: pass update=, the "
-                             "function that applies .grad (e.g. optimizer.step)")
-        return cep_grads(net, x, y, phases, update, generator, record)
-    if alg == "BPTT":
-        return bptt_grads(net, x, y, phases)
-    if alg == "BP":  # the feed-forward baseline (it imports this module: imported here)
-        from .feedforward import bp_grads
-
-        return bp_grads(net, x, y)
-    if alg == "hEP":  # holomorphic EP builds on this module's phases: imported here
-        from .holomorphic import hep_grads
-
-        return hep_grads(net, x, y, phases, phases.hep_points)
-    raise ValueError(f"unknown algorithm {alg!r}; accepted: {', '.join(ALGORITHMS)}")
 
 
 # --------------------------------------------------------------------------------- GDU check
