@@ -206,15 +206,19 @@ def read_metrics(path: str | Path) -> list[dict[str, int | float | None]]:
     return rows
 
 
-def write_rows(rows: list[dict], fields: Sequence[str], path: str | Path) -> Path:
-    """Write rows (dicts over fields) as a CSV file, atomically; returns the path."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+def write_csv(table, path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Every result table of the project as a CSV file, written atomically; returns the path.
+
+    ``table``: a pandas DataFrame, or rows (dicts) with ``columns`` naming the columns, in order
+    (keys outside them are dropped; a missing key is an empty cell). Rows keep their Python
+    values (an int column with a gap stays ints, not floats)."""
+    import pandas as pd
+
+    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(
+        list(table), columns=list(columns), dtype=object)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(buffer.getvalue(), path)
+    atomic_write_text(frame.to_csv(index=False, lineterminator="\n"), path)
     return path
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from eplcanet.app import report
 from eplcanet.corruptions import CORRUPTION_FIELDS
-from eplcanet.runs import write_rows
+from eplcanet.runs import write_csv
 from eplcanet.runs import MetricsLog, save_hyperparameters
 from helpers import ROOT, hand_stats
 
@@ -143,7 +143,7 @@ def test_robustness_summaries_are_reported(tmp_path):
                  "predict_step": 12}]
         rows += [{"corruption": c, "severity": 1, "accuracy": a, "n": 10, "predict_step": 12}
                  for c, a in zip(("contrast", "jpeg"), accs)]
-        write_rows(rows, CORRUPTION_FIELDS, run / "corruptions.csv")
+        write_csv(rows, run / "corruptions.csv", CORRUPTION_FIELDS)
     study = report.load_study([tmp_path])
     assert "corruption_mean_acc" in study.default_metrics()
     row = report.summarise(study, ["corruption_mean_acc"]).iloc[0]
@@ -162,7 +162,7 @@ def test_attack_summaries_are_the_strongest_attack_per_kind(tmp_path):
             for norm, radii in (("Linf", (0.0, 0.1, 0.2)), ("L2", (0.5, 1.0)))
             for eps in radii for a in ("pgd", "apgd-ce", "apgd-dlr", "square")]
     run = make_run(tmp_path, "run_0", curve([0.8] * 3, [0.8] * 3), seed=0)
-    write_rows(rows, RESULT_COLUMNS, run / "attack.csv")
+    write_csv(rows, run / "attack.csv", RESULT_COLUMNS)
     # the reference: pandas' minimum per (norm, epsilon) within each kind of attack
     table = pd.DataFrame(rows)
     for kind, names in (("white_box", WHITE_BOX), ("black_box", BLACK_BOX)):

@@ -224,10 +224,10 @@ def test_robustness_plots(tmp_path):
         for e in (0.0, 0.5, 1.0)
     ]
     assert is_png(plot_robustness({"a": rows, "b": rows[:3]}, tmp_path / "r.png"))
-    path = run_files.write_rows(
+    path = run_files.write_csv(
         [dict(r, n=1) for r in rows],
-        ("norm", "epsilon", "accuracy", "accuracy_noise", "n"),
         tmp_path / "attack.csv",
+        ("norm", "epsilon", "accuracy", "accuracy_noise", "n"),
     )
     assert run_files.read_rows(path)[1] == {
         "norm": "Linf",

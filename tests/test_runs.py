@@ -287,3 +287,17 @@ def test_state_dict_round_trip(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), third.parameters()))
     with pytest.raises(CheckpointError, match="best.pt"):
         load_state_dict(tmp_path / "best.pt", nn.Linear(2, 2))
+
+
+def test_write_csv_keeps_row_values_and_writes_frames_alike(tmp_path):
+    import pandas as pd
+
+    from eplcanet.runs import read_rows, write_csv
+
+    rows = [{"n": 3, "acc": 0.5, "name": "pgd", "extra": "dropped"}, {"n": None, "acc": 0.25}]
+    path = write_csv(rows, tmp_path / "sub" / "t.csv", ("name", "n", "acc"))
+    assert path.read_text() == "name,n,acc\npgd,3,0.5\n,,0.25\n"  # 3 stays an int, not 3.0
+    assert read_rows(path)[0] == {"name": "pgd", "n": 3, "acc": 0.5}
+    frame = pd.DataFrame([{"name": "pgd", "n": 3, "acc": 0.5}])
+    assert write_csv(frame, tmp_path / "f.csv").read_text() == "name,n,acc\npgd,3,0.5\n"
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind

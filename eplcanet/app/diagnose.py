@@ -41,7 +41,7 @@ from ..energy.dynamics import CONV_ALGOS
 from .entry import COUNT, POSITIVE, Parser, resolve_device, run_command
 from .build import build_model, phases_of, seed_everything
 from ..kernels import native
-from ..runs import atomic_write_text, load_state_dict
+from ..runs import atomic_write_text, load_state_dict, write_csv
 from .settings import Settings, parse_settings
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -119,10 +119,10 @@ def diagnose(cfg: Settings, opts) -> dict:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     settle_df, agree_df = pd.DataFrame(trace), pd.DataFrame(rows)
-    settle_df.to_csv(out / "settle.csv", index=False)
-    agree_df.to_csv(out / "agreement.csv", index=False)
-    pd.DataFrame(picks, columns=["step", "synapse", "raw_diff", "rule_diff",
-                                 "direct_gap"]).to_csv(out / "pool_picks.csv", index=False)
+    write_csv(settle_df, out / "settle.csv")
+    write_csv(agree_df, out / "agreement.csv")
+    write_csv(picks, out / "pool_picks.csv",
+              ["step", "synapse", "raw_diff", "rule_diff", "direct_gap"])
     worst = agree_df.loc[agree_df.groupby("comparison", sort=False)["cosine"].idxmin()]
     summary = {
         "samples": opts.samples, "dtype": opts.dtype, "alg": alg, "T1": phases.T1,

@@ -20,8 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -33,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import load_task, natural_image_patches
-from ..runs import atomic_write_text, make_run_dir, save_hyperparameters
+from ..runs import atomic_write_text, make_run_dir, save_hyperparameters, write_csv
 from ..sparse import (
     LCAConv2D,
     frac_active,
@@ -148,13 +146,9 @@ def save_curves(steps: list[dict], epochs: list[dict], run_dir: Path) -> None:
         "eval_r2",
     ]
     by_step = {e["step"]: e for e in epochs}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in steps:
-        held = by_step.get(row["step"], {})
-        writer.writerow({**row, **{f"eval_{k}": v for k, v in held.items() if k != "step"}})
-    atomic_write_text(buf.getvalue(), run_dir / "curves.csv")
+    rows = [{**row, **{f"eval_{k}": v for k, v in by_step.get(row["step"], {}).items()
+                       if k != "step"}} for row in steps]
+    write_csv(rows, run_dir / "curves.csv", fields)
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, title in zip(

@@ -41,7 +41,7 @@ from scipy import stats
 
 from .analysis import find_runs, run_summary
 from .entry import Parser
-from ..runs import atomic_write_text, load_hyperparameters, read_metrics
+from ..runs import atomic_write_text, load_hyperparameters, read_metrics, write_csv
 
 # Hyperparameters that never make two runs different configurations: the seed (the runs of a
 # configuration are its seeds) and bookkeeping that does not change what is computed.
@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                   "seeds", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(study.table.to_csv(index=False), out / "runs.csv")
-    atomic_write_text(summary.to_csv(index=False), out / "summary.csv")
+    write_csv(study.table, out / "runs.csv")
+    write_csv(summary, out / "summary.csv")
     differing = ", ".join(study.keys) if study.keys else "none (one configuration)"
     markdown = (
         f"{len(study.table)} runs; configurations differ in: {differing}.\n"

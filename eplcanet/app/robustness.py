@@ -19,7 +19,7 @@ import torch
 from ..corruptions import CORRUPTION_FIELDS, evaluate_corruptions
 from ..energy.networks import EnergyNet
 from ..predictor import EquilibriumPredictor, dataset_normalization, dataset_pixels
-from ..runs import write_rows
+from ..runs import write_csv
 
 if TYPE_CHECKING:  # the settings import this module's names for their flags
     from .settings import Settings
@@ -91,7 +91,7 @@ def run_todo(cfg: Settings, net: EnergyNet, splits, device, run_dir: Path) -> di
         rows = [row for model in models for row in evaluate_corruptions(
             model, pixels, labels, r.corruptions, r.severities,
             batch_size=max(cfg.optim.mbs, 256), seed=cfg.run.seed)]
-        csv_path = write_rows(rows, CORRUPTION_FIELDS, run_dir / "corruptions.csv")
+        csv_path = write_csv(rows, run_dir / "corruptions.csv", CORRUPTION_FIELDS)
         png = plots.plot_corruptions(rows, run_dir / "corruptions.png")
         for row in rows:
             print(f"{row['corruption']:>14s} severity {row['severity']}: "
@@ -128,7 +128,6 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
 
     from .. import attacks
     from . import plots
-    from ..runs import atomic_write_text
 
     r = cfg.robustness
     specs = [
@@ -162,9 +161,7 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
     for w in caught:
         print(f"WARNING: {w.message}")
     table = attacks.mark_flags(table, checks)
-    csv_path = Path(run_dir) / "attack.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(table.to_csv(index=False, lineterminator="\n"), csv_path)
+    csv_path = write_csv(table, Path(run_dir) / "attack.csv")
     numbers = [
         c.numbers.assign(check=c.name, passed=c.passed, message=c.message)
         for c in checks
@@ -174,9 +171,7 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
     summary = pd.concat(numbers, ignore_index=True).convert_dtypes() if numbers else pd.DataFrame(
         columns=["check", "passed", "message"]
     )
-    atomic_write_text(
-        summary.to_csv(index=False, lineterminator="\n"), csv_path.with_name("masking_checks.csv")
-    )
+    write_csv(summary, csv_path.with_name("masking_checks.csv"))
     rows = table.to_dict("records")
     label = _run_label(cfg)
     deployed = attacks.deployed_rows(table, cfg.estimator.T1).to_dict("records")

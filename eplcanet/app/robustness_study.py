@@ -27,7 +27,7 @@ from . import plots
 from .analysis import find_runs
 from ..attacks import BLACK_BOX, WHITE_BOX, deployed_rows
 from .report import mean_ci, task_of
-from ..runs import load_hyperparameters, read_rows
+from ..runs import load_hyperparameters, read_rows, write_csv
 from .entry import Parser, run_command
 from .robustness import attack_curves
 
@@ -118,8 +118,6 @@ def write_study(roots: Iterable[str | Path],
     """study_points.csv, study.csv (the summary) and study.png for the runs below ``roots``
     into ``out``; returns the files and the summary. Raises ValueError when no run below them
     has an attack.csv."""
-    from ..runs import atomic_write_text
-
     roots = list(roots)
     points = study_points(find_runs(roots))
     if points.empty:
@@ -129,8 +127,8 @@ def write_study(roots: Iterable[str | Path],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"points": out / "study_points.csv", "summary": out / "study.csv"}
-    atomic_write_text(points.to_csv(index=False, lineterminator="\n"), files["points"])
-    atomic_write_text(summary.to_csv(index=False, lineterminator="\n"), files["summary"])
+    write_csv(points, files["points"])
+    write_csv(summary, files["summary"])
     files["figure"] = plots.plot_study(summary, out / "study.png")
     return files, summary
 
