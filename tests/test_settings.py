@@ -134,5 +134,9 @@ def test_a_run_directory_of_the_previous_version_evaluates_and_resumes(tmp_path,
     run(parse_settings([*flags, "--epochs", "2", "--save", "--results-dir", str(tmp_path / "new")]))
     (fresh,) = (tmp_path / "new").rglob("metrics.csv")
     columns = ("train_loss", "train_acc", "val_acc", "test_acc")
-    assert [[r[c] for c in columns] for r in read_metrics(run_dir)] == \
-        [[r[c] for c in columns] for r in read_metrics(fresh)]
+    resumed, now = ([[r[c] for c in columns] for r in read_metrics(f)] for f in (run_dir, fresh))
+    # to rounding: the recorded epoch was computed on another thread count, which changes the
+    # order of float sums in the convolutions (a last-digit change of its weights)
+    assert len(resumed) == len(now) == 2
+    for a, b in zip(resumed, now):
+        assert a == pytest.approx(b, rel=1e-6)
