@@ -72,9 +72,17 @@ GPU_HEADING = "## GPU: "
 DATA_PARALLEL_HEADING = "## Data-parallel throughput"
 
 
+def suite_lines(device: str, doc: list[str], rows, peaks: dict[str, float]) -> list[str]:
+    """Markdown of one suite: on the CPU its heading, full description and table; on the GPU a
+    sub-heading and the table (the CPU section describes the same rows and references)."""
+    if device == "cuda":
+        return ["", f"### {doc[0].strip()}", "", format_rows(rows, peaks)]
+    return ["", f"## {doc[0].strip()}", "", *(p.strip() + "\n" for p in doc[1:-1]),
+            format_rows(rows, peaks)]
+
+
 def device_sections(device: str, sections, peaks: dict[str, float]) -> list[str]:
-    """Markdown for one device: the CPU's sections carry each suite's full description, the
-    GPU's a heading naming the device and one table per suite (same rows and references)."""
+    """Markdown for one device: the peaks measured around the run, then each suite."""
     lines: list[str] = []
     if device == "cuda":
         lines += ["", "The same references and checks as the CPU sections above, on the GPU. "
@@ -83,11 +91,38 @@ def device_sections(device: str, sections, peaks: dict[str, float]) -> list[str]
     else:
         lines += ["", *peaks_text(device, peaks)]
     for doc, rows in sections:
-        if device == "cuda":
-            lines += ["", f"### {doc[0].strip()}", "", format_rows(rows, peaks)]
-        else:
-            lines += ["", f"## {doc[0].strip()}", "", *(p.strip() + "\n" for p in doc[1:-1]),
-                      format_rows(rows, peaks)]
+        lines += suite_lines(device, doc, rows, peaks)
+    return lines
+
+
+def suite_heading(name: str) -> str:
+    """The CPU heading of a suite's section (its docstring's first line), without running it."""
+    doc = importlib.import_module(f"benchmarks.{name}").__doc__ or ""
+    return f"## {doc.strip().split(chr(10) * 2)[0].strip()}"
+
+
+KEPT = "(Kept from the file's previous version:"
+
+
+def kept_sections(cpu: list[str], suites: list[str]) -> list[str]:
+    """The sections of `suites` in an existing CPU part (their heading to the next one), each
+    under a line saying which earlier run measured it: `--only` rewrites the suites it runs and
+    keeps the others."""
+    written = next((line for line in cpu if line.startswith("Written by")), "an earlier run")
+    peaks = next((line.split("Measured peaks on cpu: ", 1)[1] for line in cpu
+                  if "Measured peaks on cpu: " in line), "not recorded")
+    lines: list[str] = []
+    for name in suites:
+        heading = suite_heading(name)
+        start = next((i for i, line in enumerate(cpu) if line.strip() == heading), None)
+        if start is None:
+            continue
+        end = next((j for j in range(start + 1, len(cpu)) if cpu[j].startswith("## ")),
+                   len(cpu))
+        body = cpu[start + 1:end]
+        if not any(line.startswith(KEPT) for line in body):  # kept before: its note stands
+            body = ["", f"{KEPT} {written.rstrip('.')}; its peaks: {peaks.rstrip('.')}.)", *body]
+        lines += ["", cpu[start], *body]
     return lines
 
 
@@ -153,8 +188,9 @@ def main() -> None:
     out = Path(args.out)
     cpu, gpu = split_gpu_section(out.read_text()) if out.is_file() else (["# Benchmarks"], [])
     if "cpu" in results:
+        kept = kept_sections(cpu, [name for name in SUITES if name not in args.only])
         cpu = ["# Benchmarks", "", f"{written}.", "", f"Machine: {machine_line()}.",
-               *device_sections("cpu", *results["cpu"])]
+               *device_sections("cpu", *results["cpu"]), *kept]
         # The data-parallel table needs several processes and minutes; its own script writes it.
         if DISTRIBUTED.is_file():
             cpu += ["", f"{DATA_PARALLEL_HEADING} (1 vs 2 processes)", "",

@@ -68,12 +68,20 @@ def test_run_writes_the_cpu_tables_keeps_a_gpu_section_and_refuses_a_missing_gpu
     import benchmarks.run as run
 
     out = tmp_path / "B.md"
-    out.write_text("# Benchmarks\n\n## old CPU table\n\n## GPU: H200\n\n### LCA\n\n| kept |\n")
+    ep = run.suite_heading("bench_ep")
+    out.write_text("# Benchmarks\n\nWritten by `old command` on 2026-01-01.\n\nMeasured peaks on "
+                   f"cpu: fp32 GEMM 1.0.\n\n## old CPU table\n\n{ep}\n\n| ep row |\n\n"
+                   "## GPU: H200\n\n### LCA\n\n| kept |\n")
     monkeypatch.setattr("sys.argv", ["run", "--quick", "--only", "bench_mp", "--out", str(out)])
     run.main()
     text = out.read_text()
     assert "## Matching pursuit encode" in text and "| MP encode fwd+bwd" in text
     assert "Measured peaks on cpu: fp32 GEMM" in text and "old CPU table" not in text
+    # a suite --only did not run keeps its section, saying which run measured it
+    assert (f"{ep}\n\n(Kept from the file's previous version: Written by `old command` on "
+            "2026-01-01; its peaks: fp32 GEMM 1.0.)\n\n| ep row |") in text
+    run.main()  # kept twice: the note still names the run that measured it
+    assert text.count("(Kept from") == out.read_text().count("(Kept from") == 1
     assert "## GPU: H200\n\n### LCA\n\n| kept |" in text  # a device not run keeps its section
     if not torch.cuda.is_available():
         missing = tmp_path / "C.md"
