@@ -443,6 +443,41 @@ def deployed_rows(table: pd.DataFrame, predict_step: int | None) -> pd.DataFrame
     return table[table["predict_step"] == chosen]
 
 
+def strongest_per_point(table: pd.DataFrame, kinds: dict[str, Sequence[str]],
+                        full_only: bool = False) -> pd.DataFrame:
+    """At each (norm, epsilon) and kind (a name -> the attacks it groups), the lowest accuracy
+    over the kind's rows and the attack that reached it: columns norm, epsilon, kind, accuracy,
+    attack, n (the fewest images among those rows) and flagged (a masking check flagged one of
+    them; False without a masking_flags column). Every attack's accuracy bounds the robust
+    accuracy from above, so the minimum is the tightest bound the table holds; kinds are kept
+    apart because they measure different attackers. ``full_only``: only the rows that saw as
+    many images as the point's largest attack (HopSkipJump on a subset is not comparable).
+    Attacks outside every kind are a ValueError."""
+    columns = ["norm", "epsilon", "kind", "accuracy", "attack", "n", "flagged"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    _require(table, ["attack", "norm", "epsilon", "accuracy", "n"])
+    known = [a for names in kinds.values() for a in names]
+    unknown = sorted(set(table["attack"]) - set(known))
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(known)}")
+    flags = (table["masking_flags"].fillna("").astype(str) if "masking_flags" in table
+             else pd.Series("", index=table.index))
+    table = table.assign(epsilon=table["epsilon"].astype(float), flagged=flags.str.len() > 0)
+    if full_only:
+        most = table.groupby(["norm", "epsilon"])["n"].transform("max")
+        table = table[table["n"] >= most]
+    out = []
+    for kind, names in kinds.items():
+        part = table[table["attack"].isin(names)]
+        for (norm, eps), g in part.groupby(["norm", "epsilon"], sort=True):
+            best = g.loc[g["accuracy"].idxmin()]
+            out.append({"norm": norm, "epsilon": float(eps), "kind": kind,
+                        "accuracy": float(best["accuracy"]), "attack": best["attack"],
+                        "n": int(g["n"].min()), "flagged": bool(g["flagged"].any())})
+    return pd.DataFrame(out, columns=columns)
+
+
 def _require(table: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:

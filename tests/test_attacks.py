@@ -279,3 +279,30 @@ def test_masking_checks_warn_and_mark_the_flagged_rows():
     with pytest.raises(ValueError, match="lacks columns"):
         at.masking_checks(table.drop(columns=["epsilon"]))
     assert np.isclose(marked["accuracy"].sum(), table["accuracy"].sum())
+
+
+def test_strongest_per_point_is_the_minimum_per_kind_and_can_skip_subsets():
+    import pandas as pd
+
+    from eplcanet.attacks import strongest_per_point
+
+    table = pd.DataFrame([
+        {"attack": "pgd", "norm": "Linf", "epsilon": 0.1, "accuracy": 0.40, "n": 10,
+         "masking_flags": ""},
+        {"attack": "apgd-ce", "norm": "Linf", "epsilon": 0.1, "accuracy": 0.30, "n": 10,
+         "masking_flags": "square_beats_white_box"},
+        {"attack": "square", "norm": "Linf", "epsilon": 0.1, "accuracy": 0.20, "n": 10,
+         "masking_flags": ""},
+        {"attack": "hopskipjump", "norm": "Linf", "epsilon": 0.1, "accuracy": 0.10, "n": 5,
+         "masking_flags": ""},
+    ])
+    kinds = {"white_box": ("pgd", "apgd-ce"), "black_box": ("square", "hopskipjump")}
+    every = strongest_per_point(table, kinds).set_index("kind")
+    assert every.loc["white_box", ["attack", "accuracy", "n", "flagged"]].tolist() == \
+        ["apgd-ce", 0.30, 10, True]
+    assert every.loc["black_box", ["attack", "accuracy", "n"]].tolist() == ["hopskipjump", 0.10, 5]
+    full = strongest_per_point(table, kinds, full_only=True).set_index("kind")
+    assert full.loc["black_box", ["attack", "accuracy", "n", "flagged"]].tolist() == \
+        ["square", 0.20, 10, False]
+    with pytest.raises(ValueError, match=r"unknown attack\(s\) \['square'\]"):
+        strongest_per_point(table, {"white_box": ("pgd", "apgd-ce", "hopskipjump")})

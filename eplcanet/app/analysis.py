@@ -133,36 +133,26 @@ def strongest_attacks(rows: list[dict]) -> list[dict]:
     with the minimum accuracy over the white-box attacks (``attacks.WHITE_BOX``) and over the
     black-box ones (``attacks.BLACK_BOX``, None where none ran) that saw as many images as the
     point's largest attack (HopSkipJump on a subset does not count), and which attack reached
-    each.
+    each (``attacks.strongest_per_point``). Rows without an ``attack`` column (tables written
+    before the ART attacks, PGD only) count as PGD."""
+    import pandas as pd
 
-    Every attack's accuracy is an upper bound on the robust accuracy, so the minimum over them
-    is the tightest the table holds; black-box attacks are kept apart because they measure
-    something else (what an attacker without gradients achieves). Rows without an ``attack``
-    column (tables written before the ART attacks, PGD only) count as PGD.
-    """
-    from ..attacks import BLACK_BOX, WHITE_BOX
+    from ..attacks import BLACK_BOX, WHITE_BOX, strongest_per_point
 
-    points: dict[tuple[str, float], dict] = {}
-    most: dict[tuple[str, float], int] = {}  # the most images any attack saw at each point
-    for r in rows:
-        key = (r["norm"], float(r["epsilon"]))
-        most[key] = max(most.get(key, 0), int(r.get("n", 0)))
-    for r in rows:
-        key = (r["norm"], float(r["epsilon"]))
-        p = points.setdefault(key, {"norm": key[0], "epsilon": key[1], "white_box_accuracy": None,
-                                    "white_box_attack": None, "black_box_accuracy": None,
-                                    "black_box_attack": None})
-        attack = r.get("attack", "pgd")
-        kind = "white_box" if attack in WHITE_BOX else "black_box" if attack in BLACK_BOX else None
-        if kind is None:
-            raise ValueError(f"attack.csv row with unknown attack {attack!r}; known: "
-                             f"{', '.join(WHITE_BOX + BLACK_BOX)}")
-        acc = float(r["accuracy"])
-        if kind == "black_box" and int(r.get("n", 0)) < most.get(key, 0):
-            continue  # on a subset of the images (HopSkipJump): not comparable
-        if p[f"{kind}_accuracy"] is None or acc < p[f"{kind}_accuracy"]:
-            p[f"{kind}_accuracy"], p[f"{kind}_attack"] = acc, attack
-    return sorted(points.values(), key=lambda p: (p["norm"], p["epsilon"]))
+    table = pd.DataFrame(rows)
+    if not table.empty and "attack" not in table:
+        table = table.assign(attack="pgd")
+    best = strongest_per_point(table, {"white_box": WHITE_BOX, "black_box": BLACK_BOX},
+                               full_only=True)
+    points = []
+    for (norm, eps), g in best.groupby(["norm", "epsilon"], sort=True):
+        point = {"norm": norm, "epsilon": float(eps)}
+        for kind in ("white_box", "black_box"):
+            hit = g[g["kind"] == kind]
+            point[f"{kind}_accuracy"] = float(hit["accuracy"].iloc[0]) if len(hit) else None
+            point[f"{kind}_attack"] = hit["attack"].iloc[0] if len(hit) else None
+        points.append(point)
+    return points
 
 
 def _robustness_summary(run_dir: Path) -> dict[str, Any]:

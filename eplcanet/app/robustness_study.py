@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import plots
 from .analysis import find_runs
-from ..attacks import BLACK_BOX, WHITE_BOX, deployed_rows
+from ..attacks import BLACK_BOX, WHITE_BOX, deployed_rows, strongest_per_point
 from .report import mean_ci, task_of
 from ..runs import load_hyperparameters, read_rows, write_csv
 from .entry import Parser, run_command
@@ -64,23 +64,14 @@ def study_points(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
         if missing:
             raise ValueError(f"{path}: no {', '.join(sorted(missing))} column(s); attack the run "
                              f"again with main_fast.py --todo attack --load-path {run}")
-        unknown = set(table["attack"]) - set(WHITE_BOX) - set(BLACK_BOX)
-        if unknown:
-            raise ValueError(f"{path}: unknown attack(s) {sorted(unknown)}; known: "
-                             f"{', '.join(WHITE_BOX + BLACK_BOX)}")
         hp = load_hyperparameters(run)
-        table = deployed_rows(table, hp.get("T1"))
-        flags = table["masking_flags"] if "masking_flags" in table else pd.Series("", table.index)
-        table = table.assign(flagged=flags.astype(str).str.len() > 0)
-        for kind, names in KINDS.items():
-            part = table[table["attack"].isin(names)]
-            for (norm, eps), g in part.groupby(["norm", "epsilon"], sort=True):
-                best = g.loc[g["accuracy"].idxmin()]
-                rows.append({"run": str(run), "task": task_of(hp), "model": model_label(hp),
-                             "seed": hp.get("seed"), "norm": norm, "epsilon": float(eps),
-                             "kind": kind, "accuracy": float(best["accuracy"]),
-                             "attack": best["attack"], "n": int(g["n"].min()),
-                             "flagged": bool(g["flagged"].any())})
+        try:
+            points = strongest_per_point(deployed_rows(table, hp.get("T1")), KINDS)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        about = {"run": str(run), "task": task_of(hp), "model": model_label(hp),
+                 "seed": hp.get("seed")}
+        rows += [{**about, **point} for point in points.to_dict("records")]
     return pd.DataFrame(rows, columns=list(POINT_COLUMNS))
 
 

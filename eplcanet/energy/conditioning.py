@@ -5,7 +5,7 @@ A researcher comparing a CPU run with a GPU run, or a fast path with the direct 
 know whether two estimates that differ point to a defect or to the recipe itself (an estimate
 that a 1e-12 change of the input already moves cannot be reproduced across machines). These
 functions take a built network and a few samples and return plain rows (lists of dicts) that
-``eplcanet.diagnose`` writes as CSV and plots; nothing here reads flags or writes files.
+``eplcanet.app.diagnose`` writes as CSV and plots; nothing here reads flags or writes files.
 
     settle_trace(net, x, y, phases)        relative state change per layer and step, per phase
     settle_steps(trace, tol)               the step at which each phase settles
