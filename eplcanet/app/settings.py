@@ -636,7 +636,7 @@ def settings_of_record(record: dict[str, Any], **overrides: Any) -> Settings:
     """The Settings of a run's hyperparameters.json record, unvalidated (the run was validated
     when it started): flags the record does not hold take today's defaults; `overrides`
     (flag destinations) replace recorded values. Unknown names are a ValueError."""
-    defaults = vars(build_parser().parse_args([]))
+    defaults = _flag_defaults()
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"unknown flag name(s) {unknown}; use main_fast.py's names (e.g. T1)")
