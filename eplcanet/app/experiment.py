@@ -148,8 +148,7 @@ def _train(cfg: Settings, argv, net, opt, sched, splits, device, run_dir, dist) 
     if cfg.estimator.warm_start is not None:
         train_data, bank = WithIndex(splits.train), StateBank(net, len(splits.train), device)
         print(f"warm start: {cfg.estimator.warm_start} free steps from each sample's last "
-              f"equilibrium "
-              f"(state bank {bank.nbytes / 2**20:.0f} MiB on {device})")
+              f"equilibrium (state bank {bank.nbytes / 2**20:.0f} MiB on {device})")
         if start_epoch > 0 or partial:  # the bank (a state set per sample) is too big to save
             print("warning: the warm-start state bank is not in the checkpoint: each sample's "
                   "first minibatch after this resume relaxes from zero states for the full "

@@ -18,7 +18,8 @@ from ..data import TASKS
 from ..energy.activations import ACTIVATIONS, ANALYTIC
 from ..energy.estimators import ALGORITHMS
 from ..energy.lcacnn import DICT_MODES
-from ..energy.networks import CONV_ALGOS, LOSSES, UPDATE_ORDERS
+from ..energy.dynamics import CONV_ALGOS, UPDATE_ORDERS
+from ..energy.networks import LOSSES
 from ..sparse.lca import SOLVERS
 from .entry import COUNT, DEVICE_HELP, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, number
 from .robustness import ATTACK_NAMES, NORM_CHOICES

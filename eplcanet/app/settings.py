@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
 import json
 from dataclasses import asdict, dataclass, fields
@@ -251,14 +252,16 @@ def _frozen(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _build_parser(tree: type[Tree], defaults: dict | None = None, **parser_kwargs) -> Parser:
+def _build_parser(tree: type[Tree], overrides: dict[str, dict] | None = None,
+                  **parser_kwargs) -> Parser:
+    """A parser with one flag per field of `tree`; overrides: flag destination -> keywords of
+    add_argument that replace the definition's (an application's default, its choices)."""
+    overrides = overrides or {}
     p = Parser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kwargs)
     for _, kind in tree.groups():
         group = p.add_argument_group(kind.TITLE, getattr(kind, "DESCRIPTION", None))
         for f in fields(kind):
-            extra = {} if defaults is None or f.name not in defaults else {
-                "default": defaults[f.name]}
-            add_flag(group, FLAGS[f.name], **extra)
+            add_flag(group, FLAGS[f.name], **overrides.get(f.name, {}))
     return p
 
 
@@ -274,14 +277,13 @@ def build_dictlearning_parser() -> Parser:
     """cifar_dictlearning.py's parser: every field of :class:`DictLearningSettings`."""
     from .flags import DICTLEARNING_TASKS
 
-    p = _build_parser(DictLearningSettings, DICTLEARNING_DEFAULTS, prog="cifar_dictlearning.py",
-                      description="Learn a convolutional LCA dictionary with the Hebbian rule.")
-    for action in p._actions:  # its own task: 32x32 crops of the photographs, offline
-        if action.dest == "task":
-            action.choices = DICTLEARNING_TASKS
-            action.help = ("'patches' = 32x32 crops of scikit-image's photographs (offline); "
-                           "npz = the --data-path file; or a torchvision dataset")
-    return p
+    overrides = {dest: {"default": value} for dest, value in DICTLEARNING_DEFAULTS.items()}
+    # its own task: 32x32 crops of the photographs, offline
+    overrides["task"].update(choices=DICTLEARNING_TASKS, help=(
+        "'patches' = 32x32 crops of scikit-image's photographs (offline); npz = the "
+        "--data-path file; or a torchvision dataset"))
+    return _build_parser(DictLearningSettings, overrides, prog="cifar_dictlearning.py",
+                         description="Learn a convolutional LCA dictionary with the Hebbian rule.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,9 +478,15 @@ def _steps(value) -> list[int] | None:
 _FRONTEND = [f.name for kind in (CoderSettings, FrontendSettings) for f in fields(kind)]
 
 
+@functools.lru_cache(maxsize=1)
+def _main_defaults() -> tuple[tuple[str, Any], ...]:
+    return tuple(vars(build_parser().parse_args([])).items())
+
+
 def _flag_defaults() -> dict[str, Any]:
-    """main_fast.py's defaults, as the flag definitions give them (not a loaded run's)."""
-    return vars(build_parser().parse_args([]))
+    """main_fast.py's defaults, as the flag definitions give them (not a loaded run's); built
+    once per process (validation asks for them on every parse)."""
+    return dict(_main_defaults())
 
 
 def _trim(a: argparse.Namespace, name: str, n: int, ignored: list[str]) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from .dynamics import CONV_ALGOS, UPDATE_ORDERS, Relaxation
+from .dynamics import Relaxation
 from .pool_ties import first_identical
 from ..kernels.winograd import WinogradConvs, eligible, weight_grad_eligible
 
