@@ -397,6 +397,7 @@ def load_task(
     data_aug: bool = False,
     image_size: int | None = None,
     *,
+    crop_padding: int | None = None,
     test_fraction: float | None = None,
     resize: str = "bilinear",
     hflip: bool | None = None,
@@ -418,6 +419,7 @@ def load_task(
         seed: the split's seed (and the default augmentation seed).
         data_aug: random crops (edge-replicated padding of 4 pixels at 32x32, scaled with the
             image size) of the training split, plus horizontal flips where hflip.
+        crop_padding: the crops' padding in pixels instead of that default (0: no shifts).
         hflip: flip while augmenting; default True for 3-channel images except SVHN (digits must
             not be mirrored), False for 1-channel images.
         image_size: square side the images are resized to (default: the native size), with
@@ -480,6 +482,7 @@ def load_task(
             images[train_idx_t],
             labels[train_idx_t],
             augment=data_aug,
+            crop_padding=crop_padding,
             hflip=hflip,
             seed=seed,
             **norm,

@@ -292,6 +292,24 @@ def test_augmentation_changes_images_keeps_shape_and_never_mirrors_digits(digits
     assert torch.equal(_stack(digits.val)[0], plain.val.images)
 
 
+def test_load_task_crop_padding_sets_the_largest_shift():
+    plain = load_task("digits", seed=0).train.images
+    none = load_task("digits", seed=0, data_aug=True, crop_padding=0)
+    assert torch.equal(_stack(make_loader(none.train, 1, shuffle=False, epoch=1).dataset)[0],
+                       plain)
+    wide = load_task("digits", seed=0, data_aug=True, crop_padding=2)
+    assert wide.train.crop_padding == 2
+    x_aug = _stack(make_loader(wide.train, 1, shuffle=False, epoch=1).dataset)[0]
+    padded = torch.nn.functional.pad(plain, (2, 2, 2, 2), mode="replicate")
+    offsets = [(dy, dx) for dy in range(5) for dx in range(5)]
+    hits = torch.stack([(padded[:, :, dy:dy + 8, dx:dx + 8] == x_aug).flatten(1).all(1)
+                        for dy, dx in offsets])
+    assert hits.any(0).all()  # every image is a shift by at most 2 pixels
+    two_away = [i for i, (dy, dx) in enumerate(offsets) if 0 in (dy, dx) or 4 in (dy, dx)]
+    only_far = hits[two_away].any(0) & ~hits[[i for i in range(25) if i not in two_away]].any(0)
+    assert only_far.sum() > 100  # and shifts of 2 pixels occur (padding 1 never gives them)
+
+
 def test_augmentation_of_colour_images_crops_and_flips():
     assert ImageDataset(torch.zeros(1, 3, 32, 32), torch.zeros(1)).crop_padding == 4
     images = torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8)

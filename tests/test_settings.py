@@ -114,6 +114,16 @@ def test_lambda_schedule_is_checked_by_its_type(capsys):
         == "linear:0.1:2"
 
 
+def test_crop_pad_needs_data_aug_and_a_non_negative_count(capsys):
+    assert parse_settings(["--data-aug", "--crop-pad", "2"]).data.crop_pad == 2
+    assert parse_settings(["--data-aug"]).data.crop_pad is None  # the image-size rule
+    with pytest.raises(SystemExit, match="--crop-pad 2 sets the padding of --data-aug's"):
+        parse_settings(["--crop-pad", "2"])
+    with pytest.raises(SystemExit):
+        parse_settings(["--data-aug", "--crop-pad", "-1"])
+    assert "--crop-pad" in capsys.readouterr().err
+
+
 # A run directory written by the version before the settings tree (its best.pt, checkpoint.pt,
 # hyperparameters.json and metrics.csv, figures dropped): python main_fast.py --channels 4 4
 # --fc 10 --T1 6 --T2 2 --epochs 1 --mbs 64 --save.

@@ -87,7 +87,8 @@ def _run(cfg: Settings, argv: list[str], dist: distributed.DistContext) -> dict:
         d = cfg.data
         splits = load_task(d.task, data_dir=d.data_dir, data_path=d.data_path,
                            download=d.download, val_fraction=d.val_fraction, seed=cfg.run.seed,
-                           data_aug=d.data_aug, image_size=d.image_size)
+                           data_aug=d.data_aug, crop_padding=d.crop_pad,
+                           image_size=d.image_size)
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     net = build_model(cfg, in_shape, splits.n_classes,
                       dictionary_sync=dist if dist.enabled else None).to(device)

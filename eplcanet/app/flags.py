@@ -112,6 +112,9 @@ _ALL = (
     _f("--image-size", type=COUNT, default=None, help="resize digits (8x8) to this size"),
     _f("--val-fraction", type=FRACTION, default=0.1, help="share of training data for validation"),
     _f("--data-aug", action="store_true", help="random crops (and flips for colour images)"),
+    _f("--crop-pad", type=number(int, low=0), default=None,
+       help="--data-aug's crop padding in pixels (edge replicated; shifts of up to this many "
+            "pixels); default 4 at 32x32, scaled with the image size (4 for 28x28 MNIST)"),
     _f("--n-images", type=COUNT, default=None,
        help="training images used (default: all; 512 for patches)"),
     _f("--n-eval", type=COUNT, default=128, help="held-out images for evaluation"),

@@ -43,6 +43,7 @@ class DataSettings:
     image_size: int | None
     val_fraction: float
     data_aug: bool
+    crop_pad: int | None
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,9 @@ def validate(a: argparse.Namespace) -> argparse.Namespace:
     """Fill defaults that depend on other flags and refuse inconsistent combinations, before
     any data is loaded (SystemExit naming the flags and what to give)."""
     _validate_frontend(a)  # LCACNN: the seed's layer lists, the dictionary flags
+    if a.crop_pad is not None and not a.data_aug:
+        _fail(f"--crop-pad {a.crop_pad} sets the padding of --data-aug's random crops: add "
+              "--data-aug, or drop --crop-pad")
     if a.model not in MLP_MODELS:
         n = len(a.channels)
         a.kernels = _expand("kernels", a.kernels, n, 3)
