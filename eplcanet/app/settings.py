@@ -483,14 +483,15 @@ _FRONTEND = [f.name for kind in (CoderSettings, FrontendSettings) for f in field
 
 
 @functools.lru_cache(maxsize=1)
-def _main_defaults() -> tuple[tuple[str, Any], ...]:
-    return tuple(vars(build_parser().parse_args([])).items())
+def _main_defaults() -> dict[str, Any]:
+    return vars(build_parser().parse_args([]))
 
 
 def _flag_defaults() -> dict[str, Any]:
-    """main_fast.py's defaults, as the flag definitions give them (not a loaded run's); built
-    once per process (validation asks for them on every parse)."""
-    return dict(_main_defaults())
+    """main_fast.py's defaults, as the flag definitions give them (not a loaded run's); parsed
+    once per process (validation asks for them on every parse), a deep copy per call so that
+    no caller can change the cached lists."""
+    return copy.deepcopy(_main_defaults())
 
 
 def _trim(a: argparse.Namespace, name: str, n: int, ignored: list[str]) -> None:
