@@ -156,8 +156,12 @@ class ImageDataset(Dataset):
         self.crop_padding = (
             max(1, round(4 * height / 32)) if crop_padding is None else int(crop_padding)
         )
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        if not 0 <= self.crop_padding < min(height, images.shape[3]):
+            # A shift as large as the image would show only replicated edge pixels.
+            raise ValueError(
+                f"crop_padding must be in [0, {min(height, images.shape[3])}) for "
+                f"{height}x{images.shape[3]} images, got {crop_padding}"
+            )
         self.seed = seed
         self.epoch = epoch
 

@@ -310,6 +310,14 @@ def test_load_task_crop_padding_sets_the_largest_shift():
     assert only_far.sum() > 100  # and shifts of 2 pixels occur (padding 1 never gives them)
 
 
+def test_crop_padding_must_be_smaller_than_the_image():
+    images = torch.zeros(2, 1, 8, 6, dtype=torch.uint8)
+    assert ImageDataset(images, torch.zeros(2), crop_padding=5).crop_padding == 5
+    for bad in (-1, 6, 8):
+        with pytest.raises(ValueError, match=r"crop_padding must be in \[0, 6\) for 8x6 images"):
+            ImageDataset(images, torch.zeros(2), crop_padding=bad)
+
+
 def test_augmentation_of_colour_images_crops_and_flips():
     assert ImageDataset(torch.zeros(1, 3, 32, 32), torch.zeros(1)).crop_padding == 4
     images = torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8)
