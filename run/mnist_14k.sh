@@ -4,24 +4,16 @@
 #
 #   DATA_PATH=PATH/TO/mnist-train-14k.npz SEEDS="0 1 2" bash run/mnist_14k.sh [main_fast.py flags]
 #
-# SEEDS (default "0 1 2") or SEED (one seed); any further flags go to every main_fast.py run and
-# win over the recipe's. OUT (default ./results/mnist_14k/<date-time>) gets one results folder
-# per seed (seed_N/) and the report (report/). --task npz splits the file 81/9/10 into train /
-# validation / test, stratified and seeded by --seed (each seed its own split); best.pt is the
-# epoch of best validation accuracy. The training images are shifted by up to 2 pixels
-# (--data-aug --crop-pad 2). The recipe, the alternatives tried and the measured accuracies:
-# docs/accuracy.md.
+# SEEDS, SEED, OUT and the flags passed on: run/seeds_common.sh. --task npz splits the file
+# 81/9/10 into train / validation / test, stratified and seeded by --seed (each seed its own
+# split); best.pt is the epoch of best validation accuracy. The training images are shifted by up
+# to 2 pixels (--data-aug --crop-pad 2). The recipe, the alternatives tried and the measured
+# accuracies: docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_PATH=${DATA_PATH:?set DATA_PATH to the MNIST .npz file (arrays x (N,28,28) uint8, y (N,))}
-SEEDS=${SEEDS:-${SEED:-0 1 2}}
-OUT=${OUT:-./results/mnist_14k/$(date +%Y%m%d-%H%M%S)}
-
-for seed in $SEEDS; do
-  python main_fast.py --task npz --data-path "$DATA_PATH" --model CNN --channels 32 64 \
-    --kernels 5 5 --paddings 0 0 --pools mm --fc 10 --act my_hard_sig --alg EP --T1 12 --T2 4 \
-    --betas 0.0 0.5 --thirdphase --loss cel --softmax --optim sgd --mmt 0.9 --lrs 0.15 0.1 0.05 \
-    --lr-decay --mbs 64 --epochs 15 --data-aug --crop-pad 2 --device cpu --seed "$seed" --save \
-    --results-dir "$OUT/seed_$seed" "$@"
-done
-python -m eplcanet.app.report "$OUT" --out "$OUT/report"
+source run/seeds_common.sh
+run_seeds mnist_14k --task npz --data-path "$DATA_PATH" --model CNN --channels 32 64 \
+  --kernels 5 5 --paddings 0 0 --pools mm --fc 10 --act my_hard_sig --alg EP --T1 12 --T2 4 \
+  --betas 0.0 0.5 --thirdphase --loss cel --softmax --optim sgd --mmt 0.9 --lrs 0.15 0.1 0.05 \
+  --lr-decay --mbs 64 --epochs 30 --data-aug --crop-pad 2 --device cpu "$@"

@@ -240,18 +240,20 @@ def test_module_entry_point(study_dir):
     assert set(pd.read_csv(out / "summary.csv").metric) == {"best_val_acc"}
 
 
-def test_mnist_script_runs_each_seed_then_reports(tmp_path):
-    """run/mnist_14k.sh: one run directory per seed of SEEDS, extra flags passed through, and
-    the report over them (here on 100 random 28x28 images for one short epoch)."""
+@pytest.mark.parametrize("script, shape", [("mnist_14k.sh", (28, 28)),
+                                           ("cifar_4k.sh", (32, 32, 3))])
+def test_seed_scripts_run_each_seed_then_report(tmp_path, script, shape):
+    """run/mnist_14k.sh and run/cifar_4k.sh: one run directory per seed of SEEDS, extra flags
+    passed through (and winning over the recipe's), and the report over them (here on 100
+    random images for one short epoch)."""
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+    np.savez(data, x=rng.integers(0, 256, (100, *shape), dtype=np.uint8),
              y=np.repeat(np.arange(10), 10))
     out = tmp_path / "study"
-    root = ROOT
     env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "3 4", "OUT": str(out)}
     result = subprocess.run(
-        ["bash", str(root / "run" / "mnist_14k.sh"), "--epochs", "1", "--T1", "2", "--T2", "1",
+        ["bash", str(ROOT / "run" / script), "--epochs", "1", "--T1", "2", "--T2", "1",
          "--channels", "2", "4"],
         env=env, capture_output=True, text=True, check=False,
     )
@@ -259,8 +261,9 @@ def test_mnist_script_runs_each_seed_then_reports(tmp_path):
     runs = pd.read_csv(out / "report" / "runs.csv")
     assert sorted(runs["seed"]) == [3, 4] and set(runs["config"]) == {"all runs"}
     assert (runs["epochs_done"] == 1).all()
+    assert {p.name for p in out.glob("seed_*")} == {"seed_3", "seed_4"}
     summary = pd.read_csv(out / "report" / "summary.csv")
     assert (summary["n"] == 2).all()
-    missing = subprocess.run(["bash", str(root / "run" / "mnist_14k.sh")], capture_output=True,
+    missing = subprocess.run(["bash", str(ROOT / "run" / script)], capture_output=True,
                              text=True, env={k: v for k, v in env.items() if k != "DATA_PATH"})
     assert missing.returncode != 0 and "DATA_PATH" in missing.stderr
