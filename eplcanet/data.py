@@ -142,7 +142,7 @@ class ImageDataset(Dataset):
             raise ValueError(
                 f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
             )
-        channels, height = images.shape[1], images.shape[2]
+        channels, height, width = images.shape[1:]
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together")
         if mean is not None and not (len(mean) == len(std) == channels):
@@ -156,12 +156,10 @@ class ImageDataset(Dataset):
         self.crop_padding = (
             max(1, round(4 * height / 32)) if crop_padding is None else int(crop_padding)
         )
-        if not 0 <= self.crop_padding < min(height, images.shape[3]):
+        if not 0 <= self.crop_padding < min(height, width):
             # A shift as large as the image would show only replicated edge pixels.
-            raise ValueError(
-                f"crop_padding must be in [0, {min(height, images.shape[3])}) for "
-                f"{height}x{images.shape[3]} images, got {crop_padding}"
-            )
+            raise ValueError(f"crop_padding must be in [0, {min(height, width)}) for "
+                             f"{height}x{width} images, got {crop_padding}")
         self.seed = seed
         self.epoch = epoch
 
