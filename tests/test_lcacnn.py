@@ -55,13 +55,13 @@ def _coder(kind="lca", feats=5, channels=2, k=3, stride=2, dtype=D):
 
 
 def _net(kind="lca", pools="ma", softmax=True, loss="cel", act="mysig", g=1.0, mode="pretrained",
-         every=1, size=10):
+         every=1, size=10, gain=1.0):
     torch.manual_seed(0)
     coder = _coder(kind)
     fc = [7, 10] if softmax else [10]
     return LCA_CNN((2, size, size), coder, [4, 6], [3, 3], [1, 1], [1, 1], pools, fc, act=act,
-                   softmax=softmax, loss=loss, scale_feedback=g, dict_training=mode,
-                   dict_update_every=every).to(D)
+                   softmax=softmax, loss=loss, scale_feedback=g, code_gain=gain,
+                   dict_training=mode, dict_update_every=every).to(D)
 
 
 def _states(net, batch=3):
@@ -123,6 +123,24 @@ def test_scale_feedback_scales_only_the_top_down_input_of_s0():
     assert not torch.allclose(free[1.0][-1], free[0.0][-1])
 
 
+def test_code_gain_multiplies_the_code_in_the_drive_and_in_phi():
+    x, y = _xy()
+    s = _states(net := _net())
+    code = net.coder.code(standardise(x))
+    phi1 = net.phi(x, s, 0.4, y)
+    gained = _net(gain=2.5)  # the same weights and dictionary
+    torch.testing.assert_close(gained.input_drive(x), 2.5 * code, atol=1e-12, rtol=0)
+    # Phi gains 1.5 <a, s0>; nothing else changes.
+    extra = 1.5 * (code * s[0]).flatten(1).sum(1)
+    torch.testing.assert_close(gained.phi(x, s, 0.4, y), phi1 + extra, atol=1e-10, rtol=0)
+    for beta in (0.0, 0.7):  # the closed-form dynamics are still the gradient of Phi
+        ours = step(gained, gained.input_drive(x), s, beta, y)
+        for a, b in zip(ours, autograd_step(gained, x, s, beta, y), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="code_gain"):
+        _net(gain=0.0)
+
+
 def test_symmetric_ep_matches_bptt_for_the_lca_front_end():
     """GDU check: with scale_feedback = 1 the EP estimate is BPTT's gradient as beta -> 0."""
     net = _net(act="mysig")
@@ -147,8 +165,8 @@ def test_batched_and_sequential_phases_give_the_same_update():
 
 
 # --------------------------------------------------------------------------------- dictionary
-def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca"):
-    net = _net(kind, mode=mode, every=every)
+def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca", gain=1.0):
+    net = _net(kind, mode=mode, every=every, gain=gain)
     net.train(training)
     seen = []
     hook = net.on_nudged
@@ -160,11 +178,11 @@ def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca"):
     return net, x, before, seen
 
 
-@pytest.mark.parametrize("kind", ["lca", "mp"])
-def test_finetune_update_is_the_hebbian_step_on_the_nudged_copy_layer(kind):
-    net, x, before, seen = _dictionary_step("finetune", kind=kind)
+@pytest.mark.parametrize("kind, gain", [("lca", 1.0), ("mp", 1.0), ("lca", 4.0)])
+def test_finetune_update_is_the_hebbian_step_on_the_nudged_copy_layer(kind, gain):
+    net, x, before, seen = _dictionary_step("finetune", kind=kind, gain=gain)
     assert len(seen) == 1 and seen[0][1] == 0.5  # the +beta2 equilibrium
-    s0 = seen[0][0][0]
+    s0 = seen[0][0][0] / gain  # the copy layer back on the code's scale
     expected = _coder(kind)
     with torch.no_grad():
         expected.weights.copy_(before)
@@ -271,6 +289,8 @@ def test_seed_lcacnn_commands_parse_as_written(mode, seed_dictionary, capsys):
         ("--dict_training learn --dict-update-every 0", "--dict-update-every: must be an integer"),
         ("--lca_tau 0.5", "--lca_tau: must be a finite number >= 1"),
         ("--lca_lambda inf", "--lca_lambda: must be a finite number >= 0"),
+        ("--code-gain 0", "--code-gain: must be a finite number > 0"),
+        ("--code-gain nan", "--code-gain: must be a finite number > 0"),
     ],
 )
 def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path, capsys):
@@ -287,6 +307,8 @@ def test_bad_lcacnn_flags_are_refused_before_any_work(flags, message, tmp_path, 
 def test_lca_flags_are_refused_for_other_models():
     with pytest.raises(SystemExit, match="--dict_training, --cache-codes only apply"):
         parse_settings(["--model", "CNN", "--dict_training", "learn", "--cache-codes"])
+    with pytest.raises(SystemExit, match="--code-gain only applies"):
+        parse_settings(["--model", "CNN", "--code-gain", "4"])
     assert parse_settings(["--model", "CNN"]).model.pools == "mm"
 
 

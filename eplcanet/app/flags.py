@@ -213,6 +213,9 @@ _ALL = (
        "the nudged copy layer; learn: random atoms, then the same updates"),
     _f("--scale_feedback", type=FINITE, default=1.0,
        help="weight of the top-down input of the copy layer s0 (1: gradient dynamics of Phi)"),
+    _f("--code-gain", type=POSITIVE, default=1.0,
+       help="factor of the sparse code in the drive of the copy layer s0 (and in Phi); LASSO "
+       "codes are small, so 1 drives the network weakly"),
     _f("--lca-dict", default=DEFAULT_DICT, metavar="PATH",
        help="dictionary file (from cifar_dictlearning.py) for pretrained and finetune"),
     _f("--sparse-coder", default="lca", choices=SPARSE_CODERS,

@@ -75,7 +75,8 @@ def build_lca_cnn(cfg: Settings, in_shape: tuple[int, int, int],
                       m.fc, act=m.act, softmax=m.softmax, loss=m.loss, scale=m.scale,
                       relaxation=Relaxation(cfg.estimator.updates, cfg.run.conv_algo,
                                             cfg.estimator.tol),
-                      scale_feedback=fe.scale_feedback, dict_training=fe.dict_training,
+                      scale_feedback=fe.scale_feedback, code_gain=fe.code_gain,
+                      dict_training=fe.dict_training,
                       dict_update_every=fe.dict_update_every, dictionary_sync=dictionary_sync)
     except ValueError as err:
         _fail(f"--model LCACNN on {in_shape} images: {err}")

@@ -110,13 +110,14 @@ class FrontendSettings:
     TITLE: ClassVar[str] = "LCA-RCNN (--model LCACNN)"
     DESCRIPTION: ClassVar[str] = (
         "A sparse-coding layer in front of the EP network: its code a drives a free copy layer "
-        "s0 <- sigma(a + scale_feedback * feedback from s1). --pools then takes one leading "
+        "s0 <- sigma(code_gain * a + scale_feedback * feedback from s1). --pools then takes one leading "
         "character for s0 ('i') before one per conv layer (exactly one per conv layer also "
         "works); extra trailing entries of --pools/--kernels/--strides/--paddings/--lrs/--wds "
         "are ignored with a warning, so the seed's commands run as written. The sparse coder "
         "group's flags apply to --model LCACNN only.")
     dict_training: str
     scale_feedback: float
+    code_gain: float
     lca_dict: str
     sparse_coder: str
     mp_k: int

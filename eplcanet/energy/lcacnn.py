@@ -8,7 +8,10 @@ first synapse maps s_0 to s_1. The primitive function is
     Phi(x, s; beta, y) = <a, s_0> + sum_i <Pool(W_i * s_{i-1} + b_i), s_i> + ... - beta * L
 
 so dPhi/ds_0 = a + W_1^T Unpool(s_1): the copy layer follows s_0 <- sigma(a + feedback from s_1).
-With ``scale_feedback`` = g the dynamics of s_0 become
+``code_gain`` = c multiplies the code wherever it drives the network (a is then c * coder(x)):
+LASSO codes of standardised images are small (median nonzero ~0.2 on CIFAR), so with c = 1 the
+copy layer, and through it every layer above, is driven weakly. With ``scale_feedback`` = g the
+dynamics of s_0 become
 
     s_0 <- sigma(a + g * W_1^T Unpool(s_1))      (all other layers unchanged)
 
@@ -20,7 +23,7 @@ Dictionary modes (``dict_training``):
     finetune    Phi is loaded, then updated by a Hebbian rule during EP training.
     learn       Phi starts random (unit-norm atoms), then is updated the same way.
 The update uses the nudged, settled copy layer as the code: after the beta2 phase of an EP step
-(beta2 > 0), codes = s_0 and residual = x_std - D(s_0), and the coder's ``update_dictionary`` moves
+(beta2 > 0), codes = s_0 / c and residual = x_std - D(codes), and the coder's ``update_dictionary`` moves
 the atoms along codes (x) residual / (times_active + 1) and renormalises them, once every
 ``dict_update_every`` such minibatches.
 
@@ -32,6 +35,7 @@ settings are those the codes were computed with (checked on every lookup).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -123,10 +127,12 @@ class LCA_CNN(EnergyNet):
             the conv layers above s_0, the classifier and how the states relax, passed on to
             EnergyNet as given (its signature and checks; one pool per conv layer).
         scale_feedback: g, the weight of the top-down input of s_0 (1: gradient dynamics of Phi).
+        code_gain: c > 0, the factor of the code in the drive of s_0 (and in Phi).
         dict_training: 'pretrained' | 'finetune' | 'learn' (see the module docstring).
         dict_update_every: a Hebbian step every this many nudged training minibatches.
 
-    States: [s_0 (batch, F, H_code, W_code), s_1, ..., s_L]; ``input_drive(x)`` is the code a.
+    States: [s_0 (batch, F, H_code, W_code), s_1, ..., s_L]; ``input_drive(x)`` is the drive
+    c * a of the code a = ``encode(x)``.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class LCA_CNN(EnergyNet):
         channels: list[int],
         *net_args,
         scale_feedback: float = 1.0,
+        code_gain: float = 1.0,
         dict_training: str = "pretrained",
         dict_update_every: int = 1,
         dictionary_sync=None,
@@ -155,6 +162,8 @@ class LCA_CNN(EnergyNet):
             raise ValueError(
                 f"dict_training must be one of {', '.join(DICT_MODES)}, got {dict_training!r}"
             )
+        if not (isinstance(code_gain, (int, float)) and math.isfinite(code_gain) and code_gain > 0):
+            raise ValueError(f"code_gain must be a finite number > 0, got {code_gain!r}")
         if not isinstance(dict_update_every, int) or dict_update_every < 1:
             raise ValueError(f"dict_update_every must be an int >= 1, got {dict_update_every!r}")
         if getattr(coder, "input_zero_mean", False) or getattr(coder, "input_unit_var", False):
@@ -172,6 +181,7 @@ class LCA_CNN(EnergyNet):
             p.requires_grad_(False)
         self.state_shapes = [code_shape, *self.state_shapes]
         self.scale_feedback = float(scale_feedback)
+        self.code_gain = float(code_gain)
         self.dict_training = dict_training
         self.dict_update_every = dict_update_every
         # Nudged minibatches seen: a buffer, so a resumed run keeps the update rhythm.
@@ -214,17 +224,20 @@ class LCA_CNN(EnergyNet):
             return self._code(x)
 
     def input_drive(self, x: Tensor) -> Tensor:
-        """The drive of the copy layer s_0: the code a of x, (batch, F, H_code, W_code)."""
-        a = self.encode(x)
-        # phi(x, ...) needs the same code; the EP estimator calls it right after, with the same x.
-        self._memo = None if a.requires_grad else (x, x._version, a)
-        return a
+        """The drive of the copy layer s_0: code_gain times the code of x, (batch, F, H_code,
+        W_code)."""
+        drive = self.encode(x)
+        if self.code_gain != 1.0:
+            drive = self.code_gain * drive
+        # phi(x, ...) needs the same drive; the EP estimator calls it right after, with the same x.
+        self._memo = None if drive.requires_grad else (x, x._version, drive)
+        return drive
 
-    def _code_for(self, x: Tensor) -> Tensor:
+    def _drive_for(self, x: Tensor) -> Tensor:
         memo = self._memo
         if memo is not None and memo[0] is x and memo[1] == x._version:
             return memo[2]
-        return self.encode(x)
+        return self.input_drive(x)
 
     # ----------------------------------------------------------------------------- energy
     def phi(
@@ -234,8 +247,8 @@ class LCA_CNN(EnergyNet):
         beta: float | Tensor = 0.0,
         y: Tensor | None = None,
     ) -> Tensor:
-        """Phi per sample, (batch,): <a, s_0> plus EnergyNet's Phi of s_1.. driven by s_0."""
-        a = self._code_for(x)
+        """Phi per sample, (batch,): <c a, s_0> plus EnergyNet's Phi of s_1.. driven by s_0."""
+        a = self._drive_for(x)
         s0 = states[0]
         return (a * s0).flatten(1).sum(1) + super().phi(s0, states[1:], beta, y)
 
@@ -253,7 +266,7 @@ class LCA_CNN(EnergyNet):
         layers: set[int] | None = None,
         memo: dict | None = None,
     ) -> list[Tensor | None]:
-        """[a + g * W_1^T Unpool(s_1), dPhi/ds_1, ...] in closed form; `drive` is the code a.
+        """[a + g * W_1^T Unpool(s_1), dPhi/ds_1, ...] in closed form; `drive` is input_drive's.
         `layers` and `memo` as in EnergyNet (None: all layers; no memo)."""
         want = set(range(len(states))) if layers is None else set(layers)
         up, down = self._conv_synapse(0, states[0], states[1], 1 in want, 0 in want, memo)
@@ -271,7 +284,9 @@ class LCA_CNN(EnergyNet):
             return
         self.nudged_steps += 1
         if int(self.nudged_steps) % self.dict_update_every == 0:
-            self.update_dictionary(x, states[0])
+            # s_0 settles near sigma(c a): back on the code's scale before reconstructing
+            codes = states[0] if self.code_gain == 1.0 else states[0] / self.code_gain
+            self.update_dictionary(x, codes)
 
     @torch.no_grad()
     def update_dictionary(self, x: Tensor, codes: Tensor) -> None:
@@ -341,6 +356,7 @@ class LCA_CNN(EnergyNet):
 
     def extra_repr(self) -> str:
         return (f"dict_training={self.dict_training!r}, scale_feedback={self.scale_feedback}, "
+                f"code_gain={self.code_gain}, "
                 f"dict_update_every={self.dict_update_every}, code_shape={self.code_shape}")
 
 
