@@ -70,6 +70,22 @@ def test_groups_by_differing_flags_only(study_dir):
     assert one.keys == [] and set(one.table["config"]) == {"all runs"}
 
 
+def test_per_seed_hyperparameters_never_split_a_configuration(tmp_path):
+    # Each seed's LCA-RCNN loads the dictionary learned on its own split; plain EP has none.
+    for seed in (0, 1, 2):
+        make_run(tmp_path, f"lca_{seed}", curve([0.4, 0.5, 0.5], [0.4, 0.5, 0.5]), seed=seed, model="LCACNN",
+                 lca_dict=f"dicts/seed_{seed}.pt")
+        make_run(tmp_path, f"cnn_{seed}", curve([0.5, 0.6, 0.6], [0.5, 0.6, 0.6]), seed=seed)
+    split = report.load_study([tmp_path])  # without it every seed is its own configuration
+    assert split.keys == ["lca_dict", "model"] and split.table["config"].nunique() == 4
+    study = report.load_study([tmp_path], per_seed=["lca_dict"])
+    assert study.keys == ["model"]
+    counts = study.table.groupby("config")["seed"].apply(sorted).to_dict()
+    assert counts == {"model=CNN": [0, 1, 2], "model=LCACNN": [0, 1, 2]}
+    with pytest.raises(report.ReportError, match="--per-seed lca_dictt: no run has"):
+        report.load_study([tmp_path], per_seed=["lca_dictt"])
+
+
 def test_statistics_match_a_hand_computation(study_dir):
     study = report.load_study([study_dir])
     summary = report.summarise(study, ["final_test_acc", "best_val_acc", "test_acc_at_best"])

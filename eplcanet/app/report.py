@@ -1,12 +1,15 @@
 """Multi-seed studies: mean, standard deviation and 95% confidence interval per configuration.
 
     python -m eplcanet.app.report RUN_DIR... [--out DIR] [--metrics NAME...] [--curves NAME...]
+                                  [--per-seed NAME...]
 
 Each RUN_DIR is a run directory (metrics.csv + hyperparameters.json, as ``main_fast.py --save``
 writes) or a directory above runs (every run below it is read). Runs are grouped into
 configurations by every hyperparameter that differs between them, except the seed and
 bookkeeping (IGNORED_HPARAMS: paths, device, the command line); within a configuration the
-runs are the seeds. For each configuration and metric the report gives the number of seeds n,
+runs are the seeds. ``--per-seed NAME`` names hyperparameters that change with the seed by
+design (e.g. lca_dict when every seed learns its dictionary on its own training split): they
+never split a configuration. For each configuration and metric the report gives the number of seeds n,
 the mean, the sample standard deviation (ddof=1) and the 95% confidence interval of the mean,
 mean +- t_{0.975, n-1} * std / sqrt(n) (Student t). With one seed, std and the interval are
 undefined: the tables say so ("n/a (1 seed)") and a warning names the configuration.
@@ -127,8 +130,10 @@ def task_of(hp: dict[str, Any]) -> str:
     return task
 
 
-def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False) -> Study:
-    """Read run directories (or directories above runs) into a Study.
+def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False,
+               per_seed: Iterable[str] = ()) -> Study:
+    """Read run directories (or directories above runs) into a Study; the hyperparameters in
+    per_seed vary with the seed by design and never split a configuration.
 
     The metrics are run_summary's (final and best-validation accuracies, robustness
     summaries). Raises ReportError, naming the runs, for: no run found, a run
@@ -178,6 +183,10 @@ def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False) -
     if problems:
         raise ReportError("cannot report on these runs:\n  " + "\n  ".join(problems))
 
+    per_seed = set(per_seed)
+    unknown = sorted(per_seed - set().union(*(hp.keys() for hp in hparams.values())))
+    if unknown:
+        raise ReportError(f"--per-seed {' '.join(unknown)}: no run has such a hyperparameter")
     tasks = {run: task_of(hp) for run, hp in hparams.items()}
     if len(set(tasks.values())) > 1:
         listing = "\n  ".join(f"{task}: {run}" for run, task in tasks.items())
@@ -186,7 +195,7 @@ def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False) -
     keys = sorted(
         k
         for k in set().union(*(hp.keys() for hp in hparams.values()))
-        if k not in IGNORED_HPARAMS
+        if k not in IGNORED_HPARAMS and k not in per_seed
         and len({_hashable(hp.get(k)) for hp in hparams.values()}) > 1
     )
     records, metrics = [], []
@@ -329,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{' '.join(CURVE_METRICS)})")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="report runs that stopped before their --epochs, as they are")
+    p.add_argument("--per-seed", nargs="+", default=[], metavar="NAME",
+                   help="hyperparameters (as in hyperparameters.json) that change with the seed "
+                   "by design, e.g. lca_dict for a dictionary learned per seed: they never "
+                   "split a configuration")
     return p
 
 
@@ -336,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report command; returns the exit status (2 for input that cannot be reported)."""
     args = build_parser().parse_args(argv)
     try:
-        study = load_study(args.run_dirs, allow_incomplete=args.allow_incomplete)
+        study = load_study(args.run_dirs, allow_incomplete=args.allow_incomplete,
+                           per_seed=args.per_seed)
         metrics = args.metrics if args.metrics is not None else study.default_metrics()
         summary = summarise(study, metrics)
         curves = args.curves if args.curves is not None else list(CURVE_METRICS)
