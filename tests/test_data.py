@@ -318,6 +318,16 @@ def test_crop_padding_must_be_smaller_than_the_image():
             ImageDataset(images, torch.zeros(2), crop_padding=bad)
 
 
+def test_main_names_the_crop_pad_flag_when_it_is_too_large(tmp_path, capsys):
+    from eplcanet.app.experiment import main
+
+    code = main(["--data-aug", "--crop-pad", "8", "--epochs", "1", "--device", "cpu", "--save",
+                 "--results-dir", str(tmp_path)])
+    assert code != 0
+    assert "--crop-pad 8 is too large for these images" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before any run directory was made
+
+
 def test_augmentation_of_colour_images_crops_and_flips():
     assert ImageDataset(torch.zeros(1, 3, 32, 32), torch.zeros(1)).crop_padding == 4
     images = torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8)

@@ -9,6 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -466,3 +468,35 @@ def test_run_script_commands_pass_flag_validation(script, tmp_path):
     for argv in calls:
         assert argv[argv.index("--device") + 1] == "cpu"
         _validate_call(argv)
+
+
+@pytest.mark.slow
+def test_lca_frontend_study_learns_a_dictionary_per_seed_and_reports_both_models(tmp_path):
+    """run/lca_frontend_study.sh on 100 random colour images: one dictionary per seed, each
+    seed's LCA-RCNN loads its own, and the report holds plain EP and the LCA-RCNN with both
+    seeds each (the per-seed dictionary does not split the configuration)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+             y=np.repeat(np.arange(10), 10))
+    out = tmp_path / "study"
+    atoms = "--lca_feats 4 --lca_ksize 3 --lca_iters 5"
+    env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "3 4", "OUT": str(out),
+           "LCA_FLAGS": atoms,
+           "DICT_FLAGS": f"{atoms} --epochs 1 --n-eval 5 --eval-iters 5"}
+    done = subprocess.run(["bash", str(ROOT / "run" / "lca_frontend_study.sh"), "--epochs", "1",
+                           "--T1", "2", "--T2", "1", "--channels", "2", "4"],
+                          env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dicts = [load_dictionary(out / "dictionaries" / f"seed_{s}.pt") for s in (3, 4)]
+    assert dicts[0][0].shape == (4, 3, 3, 3)
+    assert dicts[0][1]["seed"] == 3 and dicts[1][1]["seed"] == 4
+    assert not torch.equal(dicts[0][0], dicts[1][0])  # each learned on its own split
+    for seed in (3, 4):
+        (hp,) = (out / "lca" / f"seed_{seed}").rglob("hyperparameters.json")
+        assert json.loads(hp.read_text())["lca_dict"] == str(out / "dictionaries" /
+                                                             f"seed_{seed}.pt")
+    summary = pd.read_csv(out / "report" / "summary.csv")
+    models = sorted(c.split("model=")[1].split()[0] for c in set(summary["config"]))
+    assert models == ["CNN", "LCACNN"]  # two configurations, not one per seed
+    assert (summary["n"] == 2).all()

@@ -85,10 +85,16 @@ def _run(cfg: Settings, argv: list[str], dist: distributed.DistContext) -> dict:
         raise SystemExit(f"error: --load-path {cfg.run.load_path} has no checkpoint.pt")
     with dist.main_first():  # with --download: one download, then the others read the files
         d = cfg.data
-        splits = load_task(d.task, data_dir=d.data_dir, data_path=d.data_path,
-                           download=d.download, val_fraction=d.val_fraction, seed=cfg.run.seed,
-                           data_aug=d.data_aug, crop_padding=d.crop_pad,
-                           image_size=d.image_size)
+        try:
+            splits = load_task(d.task, data_dir=d.data_dir, data_path=d.data_path,
+                               download=d.download, val_fraction=d.val_fraction,
+                               seed=cfg.run.seed, data_aug=d.data_aug, crop_padding=d.crop_pad,
+                               image_size=d.image_size)
+        except ValueError as err:  # name the flag: the images' size is known only now
+            if d.crop_pad is None or "crop_padding" not in str(err):
+                raise
+            raise SystemExit(f"error: --crop-pad {d.crop_pad} is too large for these images "
+                             f"({err})") from None
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)
     net = build_model(cfg, in_shape, splits.n_classes,
                       dictionary_sync=dist if dist.enabled else None).to(device)
