@@ -387,6 +387,18 @@ def test_cached_codes_give_the_run_of_recomputed_codes(tmp_path):
         assert cached[key] == pytest.approx(plain[key], abs=1e-6), key
 
 
+def test_evaluating_a_cached_run_codes_the_test_split_only(tmp_path, capsys):
+    file = _digits_dictionary(tmp_path / "digits_dict.pt")
+    trained, run_dir, argv = _train(tmp_path, ["--lca-dict", str(file), "--cache-codes"])
+    assert "cached the codes of 1797 images" in capsys.readouterr().out  # train, val, test
+    ev = argv + ["--todo", "evaluate", "--load-path", str(run_dir)]
+    cached = run(parse_settings(ev), ev)
+    assert "cached the codes of 359 images" in capsys.readouterr().out  # the test split
+    live = [a for a in ev if a != "--cache-codes"]
+    assert run(parse_settings(live), live)["test_acc"] == cached["test_acc"]
+    assert cached["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_evaluating_a_finetuned_run_uses_its_learned_dictionary(tmp_path):
     file = _digits_dictionary(tmp_path / "digits_dict.pt")

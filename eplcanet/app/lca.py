@@ -96,13 +96,20 @@ def build_lca_cnn(cfg: Settings, in_shape: tuple[int, int, int],
     return net
 
 
+# The splits whose clean images each --todo codes more than once (attacked and corrupted images
+# are new images, coded live; the GDU check codes its few minibatches once).
+CACHED_SPLITS = {"train": ("train", "val", "test"), "evaluate": ("test",), "attack": ("test",),
+                 "corrupt": ("test",)}
+
+
 def prepare_code_cache(cfg: Settings, net, splits, device) -> None:
-    """With --cache-codes: code every image of the train, val and test splits once."""
-    if not isinstance(net, LCA_CNN) or not cfg.frontend.cache_codes:
+    """With --cache-codes: code every image of the splits the --todo reads (CACHED_SPLITS) once."""
+    names = CACHED_SPLITS.get(cfg.run.todo, ())
+    if not isinstance(net, LCA_CNN) or not cfg.frontend.cache_codes or not names:
         return
     t0 = time.perf_counter()
     net.enable_code_cache()
-    for name in ("train", "val", "test"):
+    for name in names:
         loader = make_loader(getattr(splits, name), cfg.optim.mbs, shuffle=False)
         batches = (x.to(device) for x, _ in loader)
         net.fill_code_cache(batches, total=len(loader), desc=f"codes ({name})")
