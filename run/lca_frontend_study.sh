@@ -51,7 +51,7 @@ if wanted lca; then
   # shellcheck disable=SC2086  # LCA_FLAGS: a list of flags
   OUT=$STUDY/lca PER_SEED=lca_dict run_seeds lca "${EP[@]}" --model LCACNN --strides 2 1 \
     --pools iim --lca_feats 64 --lca_ksize 9 --lca_stride 2 --lca_lambda 0.25 --lca_iters 100 \
-    --lca-solver fista --dict_training pretrained --code-gain 4 --cache-codes \
+    --lca-solver fista --dict_training pretrained --code-gain 8 --cache-codes \
     --lca-dict "$STUDY/dictionaries/seed_{seed}.pt" ${LCA_FLAGS:-} "$@"
 fi
 reported=()

@@ -239,6 +239,23 @@ def test_code_cache_returns_the_recomputed_codes_and_never_stale_ones(kind):
     assert calls == [2, 6]
 
 
+def test_code_cache_stats_match_numpy():
+    net = _net()
+    x, _ = _xy(6)
+    net.fill_code_cache([x[:4], x[4:]])
+    codes = np.abs(net.coder.code(standardise(x)).numpy())
+    nonzero = codes[codes > 0]
+    stats = net.code_cache.stats()
+    assert stats["nonzero"] == pytest.approx(nonzero.size / codes.size, rel=1e-12)
+    assert 0 < stats["nonzero"] < 1
+    assert stats["median"] == pytest.approx(np.quantile(nonzero, 0.5, method="lower"), rel=1e-12)
+    assert stats["p99"] == pytest.approx(np.quantile(nonzero, 0.99), rel=1e-12)
+    sub = net.code_cache.stats(sample=2)  # codes 0, 3: the percentiles of those two only
+    keep = np.abs(np.stack([codes[0], codes[3]]))
+    assert sub["median"] == pytest.approx(np.quantile(keep[keep > 0], 0.5, method="lower"))
+    assert sub["nonzero"] == stats["nonzero"]  # always over every code
+
+
 def test_code_cache_needs_a_fixed_dictionary():
     with pytest.raises(ValueError, match="pretrained"):
         _net(mode="finetune").enable_code_cache()

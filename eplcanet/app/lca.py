@@ -114,8 +114,11 @@ def prepare_code_cache(cfg: Settings, net, splits, device) -> None:
         batches = (x.to(device) for x, _ in loader)
         net.fill_code_cache(batches, total=len(loader), desc=f"codes ({name})")
     cache = net.code_cache
+    stats = cache.stats()
     print(f"cached the codes of {len(cache)} images ({cache.nbytes() / 2**20:.0f} MiB) in "
-          f"{time.perf_counter() - t0:.1f}s")
+          f"{time.perf_counter() - t0:.1f}s; {100 * stats['nonzero']:.1f}% nonzero, nonzero "
+          f"magnitudes: median {stats['median']:.3g}, 99th percentile {stats['p99']:.3g} (the "
+          f"copy layer is driven by --code-gain {net.code_gain:g} times them)")
 
 
 def save_dictionary_artifacts(net, run_dir: Path, epoch: int) -> None:

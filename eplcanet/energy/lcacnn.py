@@ -114,6 +114,25 @@ class CodeCache:
     def nbytes(self) -> int:
         return sum(c.numel() * c.element_size() for c in self.codes.values())
 
+    def stats(self, sample: int = 1024) -> dict[str, float]:
+        """How strongly the codes can drive a network: the fraction of nonzero entries (over all
+        codes) and the median and 99th percentile of the nonzero magnitudes (over `sample`
+        evenly spaced codes; NaN when none is nonzero)."""
+        codes = list(self.codes.values())
+        if not codes:
+            raise ValueError("the code cache is empty")
+        nonzero = sum(int(c.count_nonzero()) for c in codes)
+        total = sum(c.numel() for c in codes)
+        picked = codes[:: max(1, math.ceil(len(codes) / sample))]
+        values = torch.cat([c.abs().flatten() for c in picked]).double()
+        values = values[values > 0]
+        found = values.numel() > 0
+        return {
+            "nonzero": nonzero / total,
+            "median": float(values.median()) if found else math.nan,
+            "p99": float(torch.quantile(values, 0.99)) if found else math.nan,
+        }
+
 
 class LCA_CNN(EnergyNet):
     """EP network on the sparse code of its input, with a free copy layer s_0 (module docstring).
