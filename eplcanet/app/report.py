@@ -295,22 +295,30 @@ def plot_curves(study: Study, metrics: Sequence[str], path: Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(5 * len(metrics), 4))
+    bands = {metric: curve_bands(study, metric) for metric in metrics}
+    configs = list(dict.fromkeys(c for b in bands.values() for c in b))
+    # One legend below the panels: configuration labels name every differing flag and can be
+    # long, so they get the figure's width and a line each.
+    legend_in = 0.2 * len(configs) + 0.2
+    fig = Figure(figsize=(5 * len(metrics), 4 + legend_in))
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    lines = {}
     for ax, metric in zip(axes, metrics):
-        for j, (config, band) in enumerate(curve_bands(study, metric).items()):
-            colour = f"C{j % 10}"
+        for config, band in bands[metric].items():
+            colour = f"C{configs.index(config) % 10}"
             n = int(band["n"].max())
-            ax.plot(band.index, band["mean"], color=colour, marker="o", markersize=3,
-                    label=f"{config} (n={n})")
+            lines[config] = ax.plot(band.index, band["mean"], color=colour, marker="o",
+                                    markersize=3, label=f"{config} (n={n})")[0]
             ax.fill_between(band.index, band["ci_low"], band["ci_high"], color=colour,
                             alpha=0.2, linewidth=0)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric}: mean, 95% CI band")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    if lines:
+        fig.legend([lines[c] for c in configs if c in lines],
+                   [lines[c].get_label() for c in configs if c in lines],
+                   loc="lower center", fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, legend_in / (4 + legend_in), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
