@@ -8,7 +8,7 @@
 #   DATA_PATH=PATH/TO/cifar10-train-4k.npz SEEDS="0 1 2" bash run/lca_frontend_study.sh [flags]
 #
 # Flags given go to both models' main_fast.py runs (e.g. --epochs 2); LCA_FLAGS to the LCA-RCNN's
-# only (e.g. "--code-gain 1"); DICT_FLAGS to cifar_dictlearning.py (its --lca_feats and
+# only (e.g. "--lca_lambda 0.25"); DICT_FLAGS to cifar_dictlearning.py (its --lca_feats and
 # --lca_ksize must agree with the LCA-RCNN's). OUT (default ./results/lca_frontend_study):
 # OUT/dictionaries/seed_N.pt (learned once, reused by later calls), OUT/plain/seed_N,
 # OUT/lca/seed_N, each with its own report, and OUT/report over both. MODELS ("plain lca"): the
@@ -50,7 +50,7 @@ fi
 if wanted lca; then
   # shellcheck disable=SC2086  # LCA_FLAGS: a list of flags
   OUT=$STUDY/lca PER_SEED=lca_dict run_seeds lca "${EP[@]}" --model LCACNN --strides 2 1 \
-    --pools iim --lca_feats 64 --lca_ksize 9 --lca_stride 2 --lca_lambda 0.25 --lca_iters 100 \
+    --pools iim --lca_feats 64 --lca_ksize 9 --lca_stride 2 --lca_lambda 0.1 --lca_iters 100 \
     --lca-solver fista --dict_training pretrained --code-gain 8 --cache-codes \
     --lca-dict "$STUDY/dictionaries/seed_{seed}.pt" ${LCA_FLAGS:-} "$@"
 fi
