@@ -105,6 +105,11 @@ def mix_seed(*values: int) -> int:
 # Dataset
 
 
+class CropPaddingError(ValueError):
+    """A crop padding the images cannot take (known only once their size is), so a caller can
+    name its own flag."""
+
+
 class ImageDataset(Dataset):
     """In-memory labelled images, converted, augmented and normalised per item.
 
@@ -158,8 +163,8 @@ class ImageDataset(Dataset):
         )
         if not 0 <= self.crop_padding < min(height, width):
             # A shift as large as the image would show only replicated edge pixels.
-            raise ValueError(f"crop_padding must be in [0, {min(height, width)}) for "
-                             f"{height}x{width} images, got {crop_padding}")
+            raise CropPaddingError(f"crop_padding must be in [0, {min(height, width)}) for "
+                                   f"{height}x{width} images, got {crop_padding}")
         self.seed = seed
         self.epoch = epoch
 

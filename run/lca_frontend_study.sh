@@ -31,15 +31,16 @@ for model in $MODELS; do
 done
 wanted() { [[ " $MODELS " == *" $1 "* ]]; }
 
-for seed in $SEEDS; do
-  wanted lca || break
-  dict=$STUDY/dictionaries/seed_$seed.pt
-  [ -f "$dict" ] && continue
-  # shellcheck disable=SC2086  # DICT_FLAGS: a list of flags
-  python cifar_dictlearning.py --task npz --data-path "$DATA_PATH" --lca_feats 64 --lca_ksize 9 \
-    --lca_stride 2 --lca_lambda 0.25 --epochs 3 --mbs 64 --n-eval 419 --threads 1 \
-    --seed "$seed" --results-dir "$STUDY/dictionaries" ${DICT_FLAGS:-} --out "$dict"
-done
+if wanted lca; then  # each seed's dictionary, learned once on its own training split
+  for seed in $SEEDS; do
+    dict=$STUDY/dictionaries/seed_$seed.pt
+    [ -f "$dict" ] && continue
+    # shellcheck disable=SC2086  # DICT_FLAGS: a list of flags
+    python cifar_dictlearning.py --task npz --data-path "$DATA_PATH" --lca_feats 64 \
+      --lca_ksize 9 --lca_stride 2 --lca_lambda 0.25 --epochs 3 --mbs 64 --n-eval 419 \
+      --threads 1 --seed "$seed" --results-dir "$STUDY/dictionaries" ${DICT_FLAGS:-} --out "$dict"
+  done
+fi
 
 EP=(--task npz --data-path "$DATA_PATH" --channels 32 64 --kernels 3 3 --paddings 1 1 --fc 10
     --T1 20 --T2 5 --betas 0.0 0.5 --lrs 0.3 0.2 0.1 --wds 3e-4 3e-4 3e-4 --lr-decay --mbs 64

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import runs
 from . import distributed, plots
-from ..data import WithIndex, load_task
+from ..data import CropPaddingError, WithIndex, load_task
 from ..energy.learning import StateBank
 from ..energy.networks import EnergyNet
 from .entry import Interrupted, resolve_device, run_command
@@ -90,9 +90,7 @@ def _run(cfg: Settings, argv: list[str], dist: distributed.DistContext) -> dict:
                                download=d.download, val_fraction=d.val_fraction,
                                seed=cfg.run.seed, data_aug=d.data_aug, crop_padding=d.crop_pad,
                                image_size=d.image_size)
-        except ValueError as err:  # name the flag: the images' size is known only now
-            if d.crop_pad is None or "crop_padding" not in str(err):
-                raise
+        except CropPaddingError as err:  # name the flag: the images' size is known only now
             raise SystemExit(f"error: --crop-pad {d.crop_pad} is too large for these images "
                              f"({err})") from None
     in_shape = (splits.in_channels, splits.image_size, splits.image_size)

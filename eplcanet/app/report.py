@@ -183,8 +183,9 @@ def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False,
     if problems:
         raise ReportError("cannot report on these runs:\n  " + "\n  ".join(problems))
 
+    names = set().union(*(hp.keys() for hp in hparams.values()))
     per_seed = set(per_seed)
-    unknown = sorted(per_seed - set().union(*(hp.keys() for hp in hparams.values())))
+    unknown = sorted(per_seed - names)
     if unknown:
         raise ReportError(f"--per-seed {' '.join(unknown)}: no run has such a hyperparameter")
     tasks = {run: task_of(hp) for run, hp in hparams.items()}
@@ -194,7 +195,7 @@ def load_study(run_dirs: Iterable[str | Path], allow_incomplete: bool = False,
 
     keys = sorted(
         k
-        for k in set().union(*(hp.keys() for hp in hparams.values()))
+        for k in names
         if k not in IGNORED_HPARAMS and k not in per_seed
         and len({_hashable(hp.get(k)) for hp in hparams.values()}) > 1
     )

@@ -245,9 +245,7 @@ class LCA_CNN(EnergyNet):
     def input_drive(self, x: Tensor) -> Tensor:
         """The drive of the copy layer s_0: code_gain times the code of x, (batch, F, H_code,
         W_code)."""
-        drive = self.encode(x)
-        if self.code_gain != 1.0:
-            drive = self.code_gain * drive
+        drive = self.code_gain * self.encode(x)  # exact for gain 1
         # phi(x, ...) needs the same drive; the EP estimator calls it right after, with the same x.
         self._memo = None if drive.requires_grad else (x, x._version, drive)
         return drive
@@ -304,8 +302,7 @@ class LCA_CNN(EnergyNet):
         self.nudged_steps += 1
         if int(self.nudged_steps) % self.dict_update_every == 0:
             # s_0 settles near sigma(c a): back on the code's scale before reconstructing
-            codes = states[0] if self.code_gain == 1.0 else states[0] / self.code_gain
-            self.update_dictionary(x, codes)
+            self.update_dictionary(x, states[0] / self.code_gain)
 
     @torch.no_grad()
     def update_dictionary(self, x: Tensor, codes: Tensor) -> None:
