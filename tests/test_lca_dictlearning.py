@@ -41,6 +41,8 @@ TINY += ["--eval-iters", "10", "--lca_ksize", "5"]
         (["--lambda-schedule", "linear:0.1:0"], "EPOCHS > 0"),
         (["--device", "tpu"], "device"),
         (["--out", str(_SCRIPT)], "exists .* --overwrite"),
+        (["--whiten", "4"], "--whiten 4: the whitening size must be odd"),
+        (["--whiten-eps", "0"], "--whiten-eps: must be a finite number > 0"),
     ],
 )
 def test_bad_flags_are_rejected_before_any_work(flags, match, tmp_path, capsys):
@@ -82,3 +84,19 @@ def test_npz_task_loads_the_file(tmp_path):
     summary = script.main([*flags, *TINY, "--n-images", "8"])
     weight, config = load_dictionary(summary["dictionary"])
     assert weight.shape == (8, 3, 5, 5) and config["task"] == "npz"
+
+
+def test_whitened_learning_saves_the_whitening_of_the_training_images(tmp_path):
+    from eplcanet.app.settings import parse_dictlearning
+    from eplcanet.sparse import fit_conv_whitening, whitening_from_config
+
+    argv = ["--results-dir", str(tmp_path / "res"), *TINY, "--n-images", "16", "--whiten", "3",
+            "--whiten-eps", "0.2", "--seed", "4"]
+    summary = script.main(argv)
+    _, config = load_dictionary(summary["dictionary"])
+    train, _ = script.load_images(parse_dictlearning(argv))
+    kernel, bias = fit_conv_whitening(train, 3, 0.2, generator=torch.Generator().manual_seed(4))
+    got_kernel, got_bias = whitening_from_config(config, 3)
+    torch.testing.assert_close(got_kernel, kernel)
+    torch.testing.assert_close(got_bias, bias)
+    assert config["whitening"]["eps"] == 0.2 and "3x3 ZCA whitening" in config["preprocessing"]

@@ -17,8 +17,10 @@ from eplcanet.sparse import (
     LCAConv2D,
     LCALinear,
     ZCAWhitener,
+    conv_whiten,
     energy_per_sample,
     feature_grid,
+    fit_conv_whitening,
     frac_active,
     l1_sparsity,
     l2_error,
@@ -28,6 +30,8 @@ from eplcanet.sparse import (
     r_squared,
     save_dictionary,
     save_feature_grid,
+    whitening_entry,
+    whitening_from_config,
     times_active_by_feature,
     total_energy,
 )
@@ -263,3 +267,76 @@ def test_standardisation_and_zca_whitening():
     torch.testing.assert_close(zca.matrix, zca.matrix.T)
     with pytest.raises(RuntimeError, match="fit"):
         ZCAWhitener().transform(patches)
+
+
+def _numpy_standardise(x):
+    flat = x.reshape(len(x), -1)
+    mean, std = flat.mean(1), flat.std(1, ddof=1)
+    return (x - mean[:, None, None, None]) / (std[:, None, None, None] + 1e-12)
+
+
+def test_conv_whitening_is_the_patch_zca_at_every_pixel():
+    # Reference: the ZCA matrix of all 3x3 patches, written out with numpy loops, applied to
+    # the zero-padded neighbourhood of every pixel, then each image standardised again.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 2, 7, 6)).cumsum(axis=3)  # correlated along rows
+    k, eps = 3, 0.05
+    xs = _numpy_standardise(x)
+    patches = np.array([xs[n, :, i:i + k, j:j + k].ravel() for n in range(4)
+                        for i in range(7 - k + 1) for j in range(6 - k + 1)])
+    mean = patches.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov(patches.T))
+    zca = evecs @ np.diag(1 / np.sqrt(np.clip(evals, 0, None) + eps)) @ evecs.T
+    padded = np.pad(xs, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros_like(x)
+    for n, c, i, j in itertools.product(range(4), range(2), range(7), range(6)):
+        centre = c * k * k + (k // 2) * k + k // 2
+        want[n, c, i, j] = (padded[n, :, i:i + k, j:j + k].ravel() - mean) @ zca[:, centre]
+    want = _numpy_standardise(want)
+
+    kernel, bias = fit_conv_whitening(torch.tensor(x), k, eps, max_patches=None)
+    assert kernel.shape == (2, 2, 3, 3) and bias.shape == (2,)
+    got = conv_whiten(torch.tensor(x), kernel.double(), bias.double())
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
+
+
+def test_conv_whitening_decorrelates_neighbouring_pixels_of_photographs():
+    photos = natural_image_patches(32, 64, seed=4)  # (64, 3, 32, 32) in [0, 1]
+
+    def neighbour_corr(z):
+        return float(np.corrcoef(z[..., :-1].ravel(), z[..., 1:].ravel())[0, 1])
+
+    before = neighbour_corr(make_unit_var(make_zero_mean(photos)).numpy())
+    kernel, bias = fit_conv_whitening(photos, 7, eps=0.01, max_patches=5000,
+                                      generator=torch.Generator().manual_seed(0))
+    white = conv_whiten(photos, kernel, bias)
+    # a patch ZCA applied at every pixel whitens the images only in part: 0.93 -> 0.56 here
+    assert before > 0.8 and neighbour_corr(white.numpy()) < 0.65 * before
+    # drawn patches give the whitening of all patches, up to sampling noise
+    full, _ = fit_conv_whitening(photos, 7, eps=0.01, max_patches=None)
+    assert float((kernel - full).norm() / full.norm()) < 0.2
+    with pytest.raises(ValueError, match="odd"):
+        fit_conv_whitening(photos, 4)
+    with pytest.raises(ValueError, match="at least 41 x 41"):
+        fit_conv_whitening(photos, 41)
+    with pytest.raises(ValueError, match="3-channel"):
+        conv_whiten(photos, kernel[:1, :1], bias[:1])
+
+
+def test_whitening_travels_in_the_dictionary_file(tmp_path):
+    photos = natural_image_patches(16, 8, seed=5)
+    kernel, bias = fit_conv_whitening(photos, 3, max_patches=None)
+    config = {"stride": 1, "whitening": whitening_entry(kernel, bias, eps=0.1)}
+    save_dictionary(tmp_path / "d.pt", torch.randn(4, 3, 3, 3), config)
+    _, loaded = load_dictionary(tmp_path / "d.pt")
+    got_kernel, got_bias = whitening_from_config(loaded, 3)
+    assert torch.equal(got_kernel, kernel) and torch.equal(got_bias, bias)
+    assert loaded["whitening"]["eps"] == 0.1 and loaded["whitening"]["size"] == 3
+    assert whitening_from_config({"stride": 1}, 3) is None
+    with pytest.raises(DictionaryFileError, match="1-channel images need"):
+        whitening_from_config(loaded, 1)
+    with pytest.raises(DictionaryFileError, match="malformed"):
+        whitening_from_config({"whitening": {"kernel": [[1.0]]}}, 1)
+    with pytest.raises(DictionaryFileError, match="NaN"):
+        bad = whitening_entry(kernel * float("nan"), bias)
+        whitening_from_config({"whitening": bad}, 3)

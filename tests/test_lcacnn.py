@@ -20,7 +20,14 @@ from eplcanet.energy.lcacnn import LCA_CNN, standardise
 from eplcanet.energy.learning import Phases, ep_grads, gdu_metrics, gdu_traces
 from eplcanet.app.build import build_model, seed_everything
 from eplcanet.app.experiment import _load_trained, run
-from eplcanet.sparse import load_dictionary, make_sparse_coder, save_dictionary
+from eplcanet.sparse import (
+    conv_whiten,
+    fit_conv_whitening,
+    load_dictionary,
+    make_sparse_coder,
+    save_dictionary,
+    whitening_entry,
+)
 from helpers import ROOT
 
 D = torch.float64
@@ -167,8 +174,17 @@ def test_batched_and_sequential_phases_give_the_same_update():
 
 
 # --------------------------------------------------------------------------------- dictionary
-def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca", gain=1.0):
+def _whitening(size=10):
+    torch.manual_seed(3)
+    images = torch.rand(6, 2, size, size, dtype=D).cumsum(-1)  # neighbouring pixels correlated
+    return fit_conv_whitening(images, 3, eps=0.05, max_patches=None)
+
+
+def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca", gain=1.0,
+                     whitening=None):
     net = _net(kind, mode=mode, every=every, gain=gain)
+    if whitening is not None:
+        net.set_whitening(*whitening)
     net.train(training)
     seen = []
     hook = net.on_nudged
@@ -180,15 +196,19 @@ def _dictionary_step(mode, every=1, training=True, calls=1, kind="lca", gain=1.0
     return net, x, before, seen
 
 
-@pytest.mark.parametrize("kind, gain", [("lca", 1.0), ("mp", 1.0), ("lca", 4.0)])
-def test_finetune_update_is_the_hebbian_step_on_the_nudged_copy_layer(kind, gain):
-    net, x, before, seen = _dictionary_step("finetune", kind=kind, gain=gain)
+@pytest.mark.parametrize("kind, gain, white", [("lca", 1.0, False), ("mp", 1.0, False),
+                                               ("lca", 4.0, False), ("lca", 1.0, True)])
+def test_finetune_update_is_the_hebbian_step_on_the_nudged_copy_layer(kind, gain, white):
+    whitening = _whitening() if white else None
+    net, x, before, seen = _dictionary_step("finetune", kind=kind, gain=gain,
+                                            whitening=whitening)
     assert len(seen) == 1 and seen[0][1] == 0.5  # the +beta2 equilibrium
     s0 = seen[0][0][0] / gain  # the copy layer back on the code's scale
     expected = _coder(kind)
     with torch.no_grad():
         expected.weights.copy_(before)
-    xs = standardise(x)
+    # the residual is taken against what the coder saw: the whitened image when whitening
+    xs = conv_whiten(x, *whitening) if white else standardise(x)
     expected.update_dictionary(s0, xs - expected.decode(s0, output_size=xs.shape[-2:]))
     after = net.dictionary.detach()
     assert not torch.equal(after, before)
@@ -213,6 +233,25 @@ def test_updates_follow_dict_update_every_and_training_mode():
     net, _, before, _ = _dictionary_step("learn", every=2, calls=2)
     assert not torch.equal(net.dictionary, before) and int(net.nudged_steps) == 2
     assert "nudged_steps" in net.state_dict() and "coder.weights" in net.state_dict()
+
+
+def test_whitening_sets_what_the_coder_sees_and_survives_a_checkpoint():
+    net = _net()
+    x, _ = _xy()
+    plain = net.encode(x)
+    net.fill_code_cache([x])
+    kernel, bias = _whitening()
+    net.set_whitening(kernel, bias)
+    assert net.code_cache is None  # codes of unwhitened images are dropped
+    white = net.encode(x)
+    torch.testing.assert_close(white, net.coder.code(conv_whiten(x, kernel, bias)))
+    assert not torch.allclose(white, plain)
+    torch.testing.assert_close(net.coder_input(x), conv_whiten(x, kernel, bias))
+    fresh = _net()  # built as an evaluated run is, without the dictionary file
+    fresh.load_state_dict(net.state_dict())
+    torch.testing.assert_close(fresh.encode(x), white)
+    with pytest.raises(ValueError, match="2-channel images needs a kernel"):
+        net.set_whitening(kernel[:1, :1], bias[:1])
 
 
 # --------------------------------------------------------------------------------- code cache
@@ -414,6 +453,27 @@ def test_evaluating_a_cached_run_codes_the_test_split_only(tmp_path, capsys):
     live = [a for a in ev if a != "--cache-codes"]
     assert run(parse_settings(live), live)["test_acc"] == cached["test_acc"]
     assert cached["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-6)
+
+
+def test_a_whitened_dictionary_file_whitens_training_its_saved_dictionary_and_evaluation(
+        tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    digits = torch.tensor(load_digits().images[:200, None] / 16.0)
+    kernel, bias = fit_conv_whitening(digits, 3, eps=0.1, max_patches=None)
+    file = _digits_dictionary(tmp_path / "digits_dict.pt")
+    weight, config = load_dictionary(file)
+    save_dictionary(file, weight, {**config, "whitening": whitening_entry(kernel, bias)})
+    trained, run_dir, argv = _train(tmp_path, ["--lca-dict", str(file), "--cache-codes"])
+    assert "whitened images (3x3 ZCA)" in capsys.readouterr().out
+    _, saved = load_dictionary(run_dir / "dictionary.pt")  # the run's file whitens the same way
+    assert saved["whitening"]["kernel"] == kernel.tolist() and "ZCA" in saved["preprocessing"]
+    ev = argv + ["--todo", "evaluate", "--load-path", str(run_dir), "--lca-dict", "nowhere.pt"]
+    assert run(parse_settings(ev), ev)["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-6)
+    # whitening matters: the same dictionary without it is another model
+    save_dictionary(file, weight, config)
+    plain = _train(tmp_path / "plain", ["--lca-dict", str(file)])[0]
+    assert plain["train_loss"] != trained["train_loss"]
 
 
 @pytest.mark.slow

@@ -257,15 +257,15 @@ def find_coder(net: torch.nn.Module):
 @torch.no_grad()
 def codes_and_reconstructions(net: EnergyNet, x: torch.Tensor):
     """(inputs the coder sees, codes a, reconstructions D(a)) of images x, or None without a
-    coder. Inputs are x as the network's frontend standardises it (an LCA-CNN codes
-    per-sample standardised images); all three are tensors with a batch dimension."""
+    coder. Inputs are x as the network's frontend prepares it (an LCA-CNN codes per-sample
+    standardised, perhaps whitened, images); all three are tensors with a batch dimension."""
     coder = find_coder(net)
     if coder is None:
         return None
-    from ..energy.lcacnn import LCA_CNN, standardise
+    from ..energy.lcacnn import LCA_CNN
 
     if isinstance(net, LCA_CNN):
-        seen, codes = standardise(x), net.encode(x)
+        seen, codes = net.coder_input(x), net.encode(x)
     else:
         seen, codes = x, coder.code(x)
     recon = coder.decode(codes, output_size=tuple(seen.shape[-2:]))

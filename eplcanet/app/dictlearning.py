@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,12 +35,15 @@ from ..data import load_task, natural_image_patches
 from ..runs import atomic_write_text, make_run_dir, save_hyperparameters, write_csv
 from ..sparse import (
     LCAConv2D,
+    conv_whiten,
+    fit_conv_whitening,
     frac_active,
-    make_unit_var,
-    make_zero_mean,
+    preprocessing_note,
     r_squared,
     save_dictionary,
     save_feature_grid,
+    standardise,
+    whitening_entry,
 )
 from .entry import resolve_device
 from .settings import DictLearningSettings, lambda_start, parse_dictlearning
@@ -77,20 +81,32 @@ def load_images(cfg: DictLearningSettings) -> tuple[torch.Tensor, torch.Tensor]:
     return stack(splits.train, cfg.data.n_images), stack(splits.val, cfg.data.n_eval)
 
 
-def standardise(x: torch.Tensor) -> torch.Tensor:
-    """Per-image zero mean and unit variance (LCA-PyTorch's input convention)."""
-    return make_unit_var(make_zero_mean(x))
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+def preparation(cfg: DictLearningSettings, train: torch.Tensor) -> tuple[Prepare, dict | None]:
+    """(what the coder sees of a batch of images, the dictionary file's whitening entry): per
+    image standardisation, then with --whiten K the ZCA of K x K patches of the training images
+    (fitted once, from 50,000 patches drawn with --seed)."""
+    if not cfg.learning.whiten:
+        return standardise, None
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    kernel, bias = fit_conv_whitening(train, cfg.learning.whiten, cfg.learning.whiten_eps,
+                                      generator=gen)
+    entry = whitening_entry(kernel, bias, eps=cfg.learning.whiten_eps)
+    return (lambda x: conv_whiten(x, kernel.to(x.device), bias.to(x.device))), entry
 
 
 @torch.no_grad()
-def evaluate(layer: LCAConv2D, images: torch.Tensor, iters: int, mbs: int) -> dict[str, float]:
+def evaluate(layer: LCAConv2D, images: torch.Tensor, iters: int, mbs: int,
+             prepare: Prepare = standardise) -> dict[str, float]:
     """Held-out figures: R^2 of the reconstruction, fraction of zero codes, energy, L1."""
     budget = layer.lca_iters
     layer.lca_iters = iters
     acts_all, err, x_all = [], [], []
     try:
         for x in images.split(mbs):
-            x = standardise(x.to(layer.weights.device))
+            x = prepare(x.to(layer.weights.device))
             acts, errors = layer(x)
             acts_all.append(acts)
             err.append(errors)
@@ -107,12 +123,14 @@ def evaluate(layer: LCAConv2D, images: torch.Tensor, iters: int, mbs: int) -> di
     }
 
 
-def save_reconstructions(layer: LCAConv2D, images: torch.Tensor, path: Path, n: int = 8) -> None:
-    """Held-out images (top row) above their reconstructions, each rescaled to [0, 1]."""
+def save_reconstructions(layer: LCAConv2D, images: torch.Tensor, path: Path, n: int = 8,
+                         prepare: Prepare = standardise) -> None:
+    """Held-out images as the coder sees them (top row) above their reconstructions, each
+    rescaled to [0, 1]."""
     import matplotlib.pyplot as plt
 
     with torch.no_grad():
-        x = standardise(images[:n].to(layer.weights.device))
+        x = prepare(images[:n].to(layer.weights.device))
         _, errors = layer(x)
         pairs = [x.cpu(), (x - errors).cpu()]
     fig, axes = plt.subplots(2, len(x), figsize=(1.5 * len(x), 3.2), squeeze=False)
@@ -177,6 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     channels, size = train.shape[1], train.shape[2]
     if size < cfg.coder.lca_stride:
         raise ValueError(f"images of size {size} are smaller than --lca_stride")
+    if size < cfg.learning.whiten:
+        raise SystemExit(f"error: --whiten {cfg.learning.whiten}: the images are {size} pixels "
+                         "wide; the whitened patches must fit in them")
+    prepare, whitening = preparation(cfg, train)
 
     model = f"lca_F{cfg.coder.lca_feats}_k{cfg.coder.lca_ksize}_s{cfg.coder.lca_stride}"
     run_dir = make_run_dir(cfg.run.results_dir, cfg.data.task, "dictlearning", model)
@@ -218,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
                 layer.lambda_ = lam_start + frac * (cfg.coder.lca_lambda - lam_start)
             if cfg.learning.eta_schedule == "cosine":
                 layer.eta = 0.5 * cfg.coder.lca_eta * (1 + math.cos(math.pi * step / total_steps))
-            x = standardise(train[idx].to(device))
+            x = prepare(train[idx].to(device))
             with torch.no_grad():
                 acts, errors = layer(x)
                 layer.update_weights(acts, errors)
@@ -238,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                 zero=f"{record['frac_zero']:.2f}",
                 r2=f"{record['r2']:.3f}",
             )
-        held = evaluate(layer, held_out, cfg.learning.eval_iters, cfg.learning.mbs)
+        held = evaluate(layer, held_out, cfg.learning.eval_iters, cfg.learning.mbs, prepare)
         epochs.append({"step": step, **held})
         print(
             f"epoch {epoch}: held-out R^2 {held['r2']:.4f}, zero codes "
@@ -257,12 +279,14 @@ def main(argv: list[str] | None = None) -> dict:
         "task": cfg.data.task,
         "epochs": cfg.learning.epochs,
         "seed": cfg.run.seed,
-        "preprocessing": "per-image zero mean, unit variance",
+        "preprocessing": preprocessing_note(whitening),
     }
+    if whitening is not None:
+        config["whitening"] = whitening
     out = Path(cfg.run.out) if cfg.run.out else run_dir / "dictionary.pt"
     save_dictionary(out, layer.weights, config)
     save_feature_grid(layer.weights, run_dir / "feature_grid.png", scale=4)
-    save_reconstructions(layer, held_out, run_dir / "reconstructions.png")
+    save_reconstructions(layer, held_out, run_dir / "reconstructions.png", prepare=prepare)
     save_curves(steps, epochs, run_dir)
     summary = {
         **{f"heldout_{k}": v for k, v in epochs[-1].items() if k != "step"},

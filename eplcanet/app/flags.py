@@ -193,6 +193,13 @@ _ALL = (
        help="'constant', or 'linear:START:EPOCHS' to ramp lambda linearly from START "
        "to --lca_lambda over the first EPOCHS epochs (fractions allowed)"),
     _f("--eval-iters", type=COUNT, default=300, help="solver iterations to evaluate"),
+    _f("--whiten", type=number(int, low=0), default=0, metavar="K",
+       help="learn on ZCA-whitened images: the whitening of K x K patches (K odd) fitted on "
+       "the training images and applied as a convolution; it is saved with the dictionary "
+       "and every model coding with it whitens the same way (0: off, standardised images)"),
+    _f("--whiten-eps", type=POSITIVE, default=0.1,
+       help="added to the patch covariance's eigenvalues (standardised pixels: mean "
+       "eigenvalue 1); larger keeps more of the low frequencies"),
     # sparse coder (the LCA layer of main_fast.py --model LCACNN and of cifar_dictlearning.py)
     _f("--lca_feats", type=COUNT, default=64, help="number of dictionary atoms F"),
     _f("--lca_lambda", type=NON_NEGATIVE, default=0.25, help="LCA threshold lambda"),

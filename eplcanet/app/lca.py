@@ -16,7 +16,15 @@ import torch
 from ..data import make_loader
 from ..energy.dynamics import Relaxation
 from ..energy.lcacnn import LCA_CNN
-from ..sparse import DictionaryFileError, load_dictionary, make_sparse_coder, save_dictionary
+from ..sparse import (
+    DictionaryFileError,
+    load_dictionary,
+    make_sparse_coder,
+    preprocessing_note,
+    save_dictionary,
+    whitening_entry,
+    whitening_from_config,
+)
 from ..sparse.analysis import save_feature_grid
 
 if TYPE_CHECKING:  # the settings check dictionary files with this module
@@ -87,8 +95,17 @@ def build_lca_cnn(cfg: Settings, in_shape: tuple[int, int, int],
             _fail(f"--lca-dict {fe.lca_dict} has atoms for {weight.shape[1]} input channel(s), "
                   f"the images have {in_shape[0]}; {MAKE_DICT_HINT}")
         net.load_dictionary_weights(weight)
+        try:
+            whitening = whitening_from_config(config, in_shape[0])
+        except DictionaryFileError as err:
+            _fail(f"--lca-dict {fe.lca_dict}: {err}")
+        if whitening is not None:
+            net.set_whitening(*whitening)
         learned = ", ".join(f"{k} {config[k]}" for k in ("task", "stride", "lambda_")
                             if k in config)
+        if whitening is not None:
+            learned += f", whitened images ({config['whitening'].get('size')}x" \
+                       f"{config['whitening'].get('size')} ZCA)"
         print(f"dictionary {fe.lca_dict}: {tuple(weight.shape)} ({learned})")
         if config.get("stride", c.lca_stride) != c.lca_stride:
             print(f"warning: the dictionary was learned with stride {config['stride']}, "
@@ -136,8 +153,10 @@ def save_dictionary_artifacts(net, run_dir: Path, epoch: int) -> None:
         "out_neurons": coder.out_neurons,
         "dict_training": net.dict_training,
         "epoch": epoch,
-        "preprocessing": "per-image zero mean, unit variance",
     }
+    if net.whiten_kernel is not None:
+        config["whitening"] = whitening_entry(net.whiten_kernel, net.whiten_bias)
+    config["preprocessing"] = preprocessing_note(config.get("whitening"))
     if hasattr(coder, "lambda_") and isinstance(coder.lambda_, float):
         config["lambda_"] = coder.lambda_
     save_dictionary(run_dir / "dictionary.pt", net.dictionary, config)

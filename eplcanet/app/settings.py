@@ -212,6 +212,8 @@ class LearningSettings:
     eta_schedule: str
     lambda_schedule: str
     eval_iters: int
+    whiten: int
+    whiten_eps: float
 
 
 @dataclass(frozen=True)
@@ -672,6 +674,8 @@ def parse_dictlearning(argv: list[str] | None = None) -> DictLearningSettings:
     if a.task != "npz" and a.data_path is not None:
         _fail("--data-path is used only with --task npz")
     check_atoms(a)
+    if a.whiten and a.whiten % 2 == 0:
+        _fail(f"--whiten {a.whiten}: the whitening size must be odd (e.g. 5, 7, 9), or 0 (off)")
     if a.out is not None and Path(a.out).exists() and not a.overwrite:
         _fail(f"--out {a.out} exists (a learned dictionary would be lost): give another path, "
               "or --overwrite to replace it")

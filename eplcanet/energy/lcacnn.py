@@ -1,6 +1,7 @@
 """LCA-RCNN: a sparse-coding frontend (LCA or matching pursuit) in front of an EP-trained CNN.
 
-The image x (batch, C, H, W) is standardised per sample and coded once per minibatch, without an
+The image x (batch, C, H, W) is standardised per sample (and whitened, when the dictionary was
+learned on whitened images: ``set_whitening``) and coded once per minibatch, without an
 autograd graph and outside the relaxation: a = coder(x; Phi), (batch, F, H_code, W_code). A free
 "copy" layer s_0 of the code's shape sits below the conv layers s_1 .. s_L of an EnergyNet whose
 first synapse maps s_0 to s_1. The primitive function is
@@ -43,19 +44,13 @@ from tqdm.auto import tqdm
 
 from ..sparse.base import SparseCoder
 from ..sparse.lca import LCAConv2D
-from ..sparse.preproc import make_unit_var, make_zero_mean
+from ..sparse.preproc import conv_whiten, standardise
 from ..sparse.pursuit import ConvMP2D
 from .networks import EnergyNet
 
 Tensor = torch.Tensor
 
 DICT_MODES = ("pretrained", "finetune", "learn")
-
-
-def standardise(x: Tensor) -> Tensor:
-    """Per-sample zero mean and unit variance, the input convention of the dictionaries that
-    ``cifar_dictlearning.py`` learns: (batch, ...) -> (batch, ...)."""
-    return make_unit_var(make_zero_mean(x))
 
 
 def coder_code_shape(coder: SparseCoder, in_shape: Sequence[int]) -> tuple[int, ...]:
@@ -211,6 +206,9 @@ class LCA_CNN(EnergyNet):
         # broadcast_; None: one process): dictionary steps then use every process's part of the
         # minibatch, and end identical everywhere.
         self.dictionary_sync = dictionary_sync
+        # The dictionary file's whitening (set_whitening); None: standardised images are coded.
+        self.register_buffer("whiten_kernel", None)
+        self.register_buffer("whiten_bias", None)
 
     # ----------------------------------------------------------------------------- coding
     @property
@@ -219,10 +217,40 @@ class LCA_CNN(EnergyNet):
         return self.coder.dictionary
 
     def _coder_config(self, dtype: torch.dtype) -> str:
-        return f"{self.coder!r} {dtype}"
+        kernel = self.whiten_kernel
+        whitening = None if kernel is None else tuple(kernel.shape)
+        return f"{self.coder!r} {dtype} whitening={whitening}"
+
+    def set_whitening(self, kernel: Tensor, bias: Tensor) -> None:
+        """Whiten every image before coding with (kernel (C, C, k, k), bias (C,)), the whitening
+        its dictionary was learned with (``sparse.fit_conv_whitening``, the dictionary file's
+        ``config['whitening']``). Cached codes are dropped."""
+        c = self.image_shape[0]
+        if tuple(kernel.shape[:2]) != (c, c) or kernel.dim() != 4 or tuple(bias.shape) != (c,):
+            raise ValueError(
+                f"the whitening of {c}-channel images needs a kernel ({c}, {c}, k, k) and a bias "
+                f"({c},), got {tuple(kernel.shape)} and {tuple(bias.shape)}"
+            )
+        ref = self.dictionary
+        self.whiten_kernel = kernel.detach().to(ref).clone()
+        self.whiten_bias = bias.detach().to(ref).clone()
+        self._cache, self._memo = None, None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint of a whitened model restores its whitening into a model built without it.
+        for name in ("whiten_kernel", "whiten_bias"):
+            if prefix + name in state_dict and getattr(self, name) is None:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def coder_input(self, x: Tensor) -> Tensor:
+        """What the coder sees of images x: standardised, and whitened when set_whitening was."""
+        if self.whiten_kernel is None:
+            return standardise(x)
+        return conv_whiten(x, self.whiten_kernel, self.whiten_bias)
 
     def _code(self, x: Tensor) -> Tensor:
-        return self.coder.code(standardise(x))
+        return self.coder.code(self.coder_input(x))
 
     def encode(self, x: Tensor) -> Tensor:
         """The sparse code a of images x (batch, C, H, W): (batch, F, H_code, W_code).
@@ -307,13 +335,13 @@ class LCA_CNN(EnergyNet):
     @torch.no_grad()
     def update_dictionary(self, x: Tensor, codes: Tensor) -> None:
         """One Hebbian step with codes (batch, F, H_code, W_code) of images x (batch, C, H, W):
-        residual = standardise(x) - D(codes); atoms stay unit-norm."""
+        residual = coder_input(x) - D(codes); atoms stay unit-norm."""
         if self.dict_training == "pretrained":
             raise RuntimeError("a pretrained dictionary is fixed; use finetune or learn")
         sync = self.dictionary_sync
         if sync is not None:  # the step of the global minibatch, as one process would take it
             x, codes = sync.gather_batch(x), sync.gather_batch(codes)
-        xs = standardise(x)
+        xs = self.coder_input(x)
         codes = codes.contiguous()
         residual = xs - self.coder.decode(codes, output_size=tuple(xs.shape[-2:]))
         self.coder.update_dictionary(codes, residual)
@@ -372,7 +400,7 @@ class LCA_CNN(EnergyNet):
 
     def extra_repr(self) -> str:
         return (f"dict_training={self.dict_training!r}, scale_feedback={self.scale_feedback}, "
-                f"code_gain={self.code_gain}, "
+                f"code_gain={self.code_gain}, whitening={self.whiten_kernel is not None}, "
                 f"dict_update_every={self.dict_update_every}, code_shape={self.code_shape}")
 
 

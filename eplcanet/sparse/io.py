@@ -4,6 +4,9 @@ A dictionary file is ``torch.save({"weight": tensor, "config": dict})``, readabl
 ``torch.load(path, weights_only=True)``: ``weight`` is the atoms (out_neurons, in_neurons,
 *kernel_size) and ``config`` holds plain Python values (numbers, strings, bools, None and
 lists/tuples/dicts of them) such as kernel_size, stride, lambda_ and how the dictionary was learned.
+A dictionary learned on whitened images holds the whitening in ``config["whitening"]`` (size,
+eps, kernel and bias as nested lists; ``whitening_from_config`` reads it), so whoever codes with
+the atoms whitens the same way.
 """
 
 from __future__ import annotations
@@ -106,3 +109,44 @@ def load_dictionary(path: str | os.PathLike) -> tuple[Tensor, dict]:
     if not bool(torch.isfinite(weight).all()):
         raise DictionaryFileError(f"{str(path)!r}: 'weight' contains NaN or Inf")
     return weight, config
+
+
+def whitening_entry(kernel: Tensor, bias: Tensor, **about: Any) -> dict:
+    """``config["whitening"]`` for the whitening (kernel (C, C, k, k), bias (C,)) of
+    ``sparse.fit_conv_whitening``; ``about``: plain facts to keep beside it (its eps)."""
+    return {"size": int(kernel.shape[-1]), **about,
+            "kernel": kernel.detach().cpu().tolist(), "bias": bias.detach().cpu().tolist()}
+
+
+def preprocessing_note(whitening: dict | None) -> str:
+    """``config["preprocessing"]``: how the images were prepared before coding."""
+    note = "per-image zero mean, unit variance"
+    if whitening is not None:
+        size = whitening["size"]
+        note += f", then {size}x{size} ZCA whitening and again per-image zero mean, unit variance"
+    return note
+
+
+def whitening_from_config(config: dict, channels: int) -> tuple[Tensor, Tensor] | None:
+    """The (kernel (C, C, k, k), bias (C,)) whitening of a dictionary's ``config``, or None when
+    its atoms were learned on unwhitened images. Raises DictionaryFileError for a malformed entry
+    or one for other than ``channels`` image channels."""
+    entry = config.get("whitening")
+    if entry is None:
+        return None
+    try:
+        kernel = torch.tensor(entry["kernel"], dtype=torch.float32)
+        bias = torch.tensor(entry["bias"], dtype=torch.float32)
+    except (TypeError, KeyError, ValueError) as err:
+        raise DictionaryFileError(f"config['whitening'] is malformed: {err}") from err
+    size = kernel.shape[-1] if kernel.dim() == 4 else 0
+    if (kernel.dim() != 4 or tuple(kernel.shape) != (channels, channels, size, size)
+            or size % 2 == 0 or tuple(bias.shape) != (channels,)):
+        raise DictionaryFileError(
+            f"config['whitening'] holds a kernel of shape {tuple(kernel.shape)} and a bias of "
+            f"shape {tuple(bias.shape)}; {channels}-channel images need ({channels}, {channels}, "
+            f"k, k) with k odd and ({channels},)"
+        )
+    if not (bool(torch.isfinite(kernel).all()) and bool(torch.isfinite(bias).all())):
+        raise DictionaryFileError("config['whitening'] contains NaN or Inf")
+    return kernel, bias

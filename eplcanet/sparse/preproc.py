@@ -1,12 +1,15 @@
 """Input preprocessing for sparse coding: per-sample standardisation and ZCA whitening.
 
 Shapes: a batch is (batch, ...) with any number of trailing dimensions; statistics are taken per
-sample over all non-batch dimensions (standardisation) or over the batch (whitening).
+sample over all non-batch dimensions (standardisation) or over the batch (whitening). The
+convolutional whitening of images (``fit_conv_whitening``, ``conv_whiten``) is the ZCA of
+k x k patches applied at every pixel, so it whitens images of any size with a (C, C, k, k) kernel.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
@@ -24,6 +27,11 @@ def make_unit_var(batch: Tensor, eps: float = 1e-12) -> Tensor:
     """
     dims = tuple(range(1, batch.dim()))
     return batch / (batch.std(dim=dims, keepdim=True) + eps)
+
+
+def standardise(batch: Tensor) -> Tensor:
+    """Per-sample zero mean and unit variance: the input convention of the learned dictionaries."""
+    return make_unit_var(make_zero_mean(batch))
 
 
 class ZCAWhitener:
@@ -82,3 +90,72 @@ class ZCAWhitener:
 def zca_whiten(batch: Tensor, eps: float = 1e-2) -> Tensor:
     """Whiten ``batch`` (N, ...) with ZCA fitted on itself; see :class:`ZCAWhitener`."""
     return ZCAWhitener(eps).fit(batch).transform(batch)
+
+
+def fit_conv_whitening(
+    images: Tensor,
+    size: int,
+    eps: float = 0.1,
+    max_patches: int | None = 50_000,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """ZCA whitening of ``size`` x ``size`` patches of ``images`` (N, C, H, W), as a convolution.
+
+    The images are standardised per sample, their patches (all of them, or ``max_patches`` drawn
+    with ``generator``) whitened by :class:`ZCAWhitener` with ``eps`` (added to the eigenvalues;
+    standardised pixels have unit variance, so eps is relative to the mean eigenvalue 1). Output
+    channel c of the kernel is the row of the ZCA matrix that gives the centre pixel of channel c
+    from the whole patch, so ``conv_whiten`` whitens each pixel from its neighbourhood.
+
+    Returns (kernel (C, C, size, size), bias (C,)) in float32; the bias applies the patch mean.
+    """
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(f"the whitening size must be an odd int >= 1, got {size!r}")
+    if images.dim() != 4 or min(images.shape[-2:]) < size:
+        raise ValueError(
+            f"fit_conv_whitening needs images (N, C, H, W) of at least {size} x {size} pixels, "
+            f"got shape {tuple(images.shape)}"
+        )
+    zca = ZCAWhitener(eps).fit(_patches(standardise(images.to(torch.float64)), size,
+                                        max_patches, generator))
+    channels = images.shape[1]
+    centre = (size // 2) * size + size // 2
+    rows = [c * size * size + centre for c in range(channels)]
+    # transform(p) = (p - mean) @ M: output pixel j is column j of M (M is symmetric)
+    kernel = zca.matrix[:, rows].T.reshape(channels, channels, size, size)
+    bias = -(zca.mean @ zca.matrix[:, rows])
+    return kernel.float().contiguous(), bias.float().contiguous()
+
+
+def _patches(images: Tensor, size: int, limit: int | None,
+             generator: torch.Generator | None) -> Tensor:
+    """Every size x size patch of images (N, C, H, W), or `limit` of them drawn uniformly, as
+    rows (patches, C * size * size) in (channel, row, column) order. Only the drawn patches are
+    gathered: all of CIFAR's would take gigabytes."""
+    n, channels, height, width = images.shape
+    rows, cols = height - size + 1, width - size + 1
+    total = n * rows * cols
+    if limit is None or total <= limit:
+        return F.unfold(images, size).transpose(1, 2).reshape(total, channels * size * size)
+    pick = torch.randperm(total, generator=generator)[:limit]
+    image, place = pick // (rows * cols), pick % (rows * cols)
+    top, left = place // cols, place % cols
+    offsets = torch.arange(size)
+    r = (top[:, None] + offsets)[:, :, None]  # (P, size, 1)
+    c = (left[:, None] + offsets)[:, None, :]  # (P, 1, size)
+    patches = images.permute(0, 2, 3, 1)[image[:, None, None], r, c]  # (P, size, size, C)
+    return patches.permute(0, 3, 1, 2).reshape(limit, channels * size * size)
+
+
+def conv_whiten(batch: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
+    """Whitened and again standardised images: standardise(kernel * standardise(batch) + bias)
+    for images (N, C, H, W) and a ``fit_conv_whitening`` kernel (C, C, k, k); zero padding keeps
+    the size (standardised images are zero on average, so the border sees their mean)."""
+    if kernel.dim() != 4 or kernel.shape[0] != kernel.shape[1] or batch.shape[1] != kernel.shape[1]:
+        raise ValueError(
+            f"a whitening kernel (C, C, k, k) for {batch.shape[1]}-channel images is needed, "
+            f"got shape {tuple(kernel.shape)}"
+        )
+    out = F.conv2d(standardise(batch), kernel.to(batch), bias.to(batch),
+                   padding=kernel.shape[-1] // 2)
+    return standardise(out)
