@@ -268,8 +268,9 @@ def plot_study(summary, path: str | Path) -> Path:
                             alpha=0.15 if white else 0.07, linewidth=0)
             bad = g[g["seeds_flagged"] > 0]
             ax.plot(bad["epsilon"], bad["mean"], "o", mfc="none", color=colours[model])
-        ax.set(title=f"{task}, {norm} ({int(panel['n_seeds'].min())}+ seeds, "
-                     f"{int(panel['images'].min())}+ images)",
+        # two lines: a data file's name is long enough to run past a panel
+        ax.set(title=f"{task}\n{norm}, {int(panel['n_seeds'].min())}+ seeds, "
+                     f"{int(panel['images'].min())}+ images",
                xlabel="epsilon (pixels in [0, 1])", ylabel="accuracy under attack",
                ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
