@@ -94,7 +94,7 @@ def preparation(cfg: DictLearningSettings, train: torch.Tensor) -> tuple[Prepare
     kernel, bias = fit_conv_whitening(train, cfg.learning.whiten, cfg.learning.whiten_eps,
                                       generator=gen)
     entry = whitening_entry(kernel, bias, eps=cfg.learning.whiten_eps)
-    return (lambda x: conv_whiten(x, kernel.to(x.device), bias.to(x.device))), entry
+    return (lambda x: conv_whiten(x, kernel, bias)), entry  # conv_whiten moves them to x
 
 
 @torch.no_grad()

@@ -104,8 +104,8 @@ def build_lca_cnn(cfg: Settings, in_shape: tuple[int, int, int],
         learned = ", ".join(f"{k} {config[k]}" for k in ("task", "stride", "lambda_")
                             if k in config)
         if whitening is not None:
-            learned += f", whitened images ({config['whitening'].get('size')}x" \
-                       f"{config['whitening'].get('size')} ZCA)"
+            size = whitening[0].shape[-1]
+            learned += f", whitened images ({size}x{size} ZCA)"
         print(f"dictionary {fe.lca_dict}: {tuple(weight.shape)} ({learned})")
         if config.get("stride", c.lca_stride) != c.lca_stride:
             print(f"warning: the dictionary was learned with stride {config['stride']}, "
