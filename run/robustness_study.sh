@@ -18,7 +18,9 @@
 # (./results/robustness_study/<data>). The results: OUT/study/study.csv (one row per model,
 # norm, radius and attack kind), study_points.csv (per seed) and study.png.
 # A run holding best.pt is not trained again and one holding attack.csv is not attacked again,
-# so the script finishes what an interrupted one left; REDO_ATTACKS=1 attacks again.
+# so the script finishes what an interrupted one left; REDO_ATTACKS=1 attacks again, and the
+# rows of attacks it does not run again stay in attack.csv (REDO_ATTACKS=1 ATTACKS=hopskipjump
+# adds HopSkipJump to finished runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

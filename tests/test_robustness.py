@@ -460,6 +460,18 @@ def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tm
     assert full["accuracy"].tolist() == alone["accuracy"].tolist()
     at_t1 = study[(study["predict_step"] == 6) & (study["epsilon"] == 0.2)]["accuracy"].min()
     assert run_summary(run_dir)["whitebox_Linf_acc@0.2"] == pytest.approx(at_t1)
+    # another attack on the attacked run joins the table; what was measured stays as it was
+    added = [*attack, "--attacks", "square", "--predict-step", "6"]
+    run(parse_settings(added), argv=[])
+    merged = pd.read_csv(run_dir / "attack.csv", keep_default_na=False)
+    assert merged[merged["attack"] == "pgd"].drop(columns="masking_flags").reset_index(
+        drop=True).equals(study.drop(columns="masking_flags"))
+    assert set(merged[merged["attack"] == "square"]["epsilon"]) == {0.0, 0.2}
+    # other images cannot share one table: the earlier one is set aside, not lost
+    run(parse_settings([*added, "--attack-samples", "16"]), argv=[])
+    assert pd.read_csv(run_dir / "attack_earlier.csv", keep_default_na=False).equals(merged)
+    alone16 = pd.read_csv(run_dir / "attack.csv")
+    assert set(alone16["attack"]) == {"square"} and (alone16["n"] == 16).all()
 
 
 def test_what_is_not_a_classifier_or_not_pixels_is_refused(tmp_path):

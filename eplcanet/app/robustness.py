@@ -5,7 +5,8 @@ The attacks come from the Adversarial Robustness Toolbox (:mod:`eplcanet.attacks
 :class:`eplcanet.predictor.EquilibriumPredictor` (pixel inputs, step semantics there): ``--todo
 attack`` runs :data:`DRIVER_ATTACKS` at every radius, writes the table (``attack.csv``, the
 columns of ``attacks.RESULT_COLUMNS`` plus ``masking_flags``) and the gradient-masking checks
-(``masking_checks.csv``) and prints a warning for each failed check. ``--todo corrupt`` measures
+(``masking_checks.csv``) and prints a warning for each failed check. Rows of an earlier
+``attack.csv`` that the call does not measure again are kept (:func:`with_earlier_rows`). ``--todo corrupt`` measures
 :mod:`eplcanet.corruptions`.
 """
 
@@ -154,7 +155,8 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
                 classifier, pixels[:hsj], labels[:hsj], decision, epsilons, model.predict_step,
                 model.attack_step, seed=cfg.run.seed, batch_size=cfg.optim.mbs, progress=True,
             ))
-    table = pd.concat(tables, ignore_index=True)
+    table = with_earlier_rows(pd.concat(tables, ignore_index=True), Path(run_dir) / "attack.csv",
+                              len(pixels), hsj)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checks = attacks.masking_checks(table)
@@ -190,6 +192,49 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
             + (f" FLAGGED {r['masking_flags']}" if r["masking_flags"] else "")
         )
     return rows, csv_path, png
+
+
+# What makes two attack.csv rows the same measurement (the run's seed fixes the images).
+ATTACK_KEY = ("attack", "norm", "epsilon", "steps", "restarts", "predict_step", "attack_step")
+
+
+def with_earlier_rows(table, csv_path: Path, n_images: int, n_decision: int):
+    """The new rows plus those of the run's earlier attack.csv that this call did not measure
+    again, so that adding an attack (say --attacks hopskipjump) to an attacked run keeps the
+    others and the masking checks see them all. The earlier rows are kept only if they attacked
+    the same images as this call (the run's seed, and n equal to this call's --attack-samples, or
+    --hsj-samples for HopSkipJump); otherwise the earlier file is moved to attack_earlier.csv."""
+    import pandas as pd
+
+    if not csv_path.is_file():
+        return table
+    try:
+        earlier = pd.read_csv(csv_path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        earlier = pd.DataFrame()
+    columns = [*ATTACK_KEY, "n"]
+    if not set(columns) <= set(earlier.columns):
+        return _set_aside(table, csv_path, "it is not a table of this version's attacks")
+    expected = (earlier["attack"] == "hopskipjump").map({True: n_decision, False: n_images})
+    if (earlier["n"] != expected).any():
+        counts = _shown(sorted(set(earlier["n"])))
+        return _set_aside(table, csv_path, f"it attacked other images (n {counts}; this call: "
+                          f"{n_images}, HopSkipJump {n_decision})")
+    done = pd.MultiIndex.from_frame(table[list(ATTACK_KEY)])
+    kept = earlier[~pd.MultiIndex.from_frame(earlier[list(ATTACK_KEY)]).isin(done)]
+    if kept.empty:
+        return table
+    print(f"attack.csv: kept {len(kept)} rows of the earlier attacks not run again "
+          f"({_shown(dict.fromkeys(kept['attack']))})")
+    kept = kept[[c for c in table.columns if c in kept.columns]]
+    return pd.concat([kept, table], ignore_index=True)
+
+
+def _set_aside(table, csv_path: Path, why: str):
+    aside = csv_path.with_name("attack_earlier.csv")
+    csv_path.replace(aside)
+    print(f"attack.csv: the earlier table cannot be merged ({why}); moved to {aside}")
+    return table
 
 
 def attack_curves(label: str, rows: list[dict]) -> dict[str, list[dict]]:
