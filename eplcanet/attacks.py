@@ -87,6 +87,15 @@ class _CountingPredictor(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # Some ART attacks (HopSkipJump) query in float64: relax in the network's own dtype.
         pixels = pixels.to(next(self.parameters(), pixels).dtype)
+        finite = torch.isfinite(pixels.flatten(1)).all(1)
+        if not bool(finite.all()):
+            # ART's L2 Square attack can propose a NaN candidate (0/0 when its window and the
+            # remaining budget are both empty). A NaN score is never an improvement to ART, so
+            # the candidate is dropped; relaxing it would stop the attack (the LCA refuses NaN).
+            logits = pixels.new_full((pixels.shape[0], self.predictor.net.n_classes), float("nan"))
+            if bool(finite.any()):
+                logits[finite] = self.forward(pixels[finite])
+            return logits
         self.forwards += pixels.shape[0]
         if torch.is_grad_enabled() and pixels.requires_grad:
             self.gradients += pixels.shape[0]
@@ -320,6 +329,9 @@ def run_attack(
             )
             # Untargeted HopSkipJump takes no labels: it starts from images of another class.
             adv = att.generate(x=x, y=None if attack == "hopskipjump" else y)
+            if not np.isfinite(adv).all():
+                raise RuntimeError(f"ART's {attack} ({norm}, eps {epsilon}) returned non-finite "
+                                   "adversarial examples; its numbers would be meaningless")
         adv_pred = classifier.predict(adv, batch_size=batch_size).argmax(1)
     n = len(y)
     forwards = (counter.forwards - forwards0 - n) / n

@@ -69,6 +69,20 @@ def test_classifier_logits_and_gradient_are_the_networks_own(digits_net):
     assert expected.abs().sum() > 0
 
 
+def test_a_non_finite_candidate_scores_nan_and_is_not_relaxed(digits_net):
+    # ART's L2 Square attack can propose a NaN image; its score must lose every comparison
+    # (NaN) while the other images of the batch keep their own logits.
+    _, _, clf, pixels, _ = digits_net
+    x = pixels[:6].numpy().copy()
+    x[[1, 4], 0, 2, 3] = [np.nan, np.inf]
+    counter = clf.model
+    counter.forwards = 0
+    scores = clf.predict(x)
+    assert np.isnan(scores[[1, 4]]).all() and counter.forwards == 4
+    finite = [0, 2, 3, 5]
+    np.testing.assert_allclose(scores[finite], clf.predict(x[finite]), rtol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Attacks
 
