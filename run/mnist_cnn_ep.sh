@@ -6,10 +6,10 @@
 # reference's default: neither --thirdphase nor --random-sign) at beta 0.4, T1 200 / T2 10, Adam
 # at 5e-5 / 1e-5 / 8e-6 per layer, minibatches of 100, 1 epoch.
 #
-#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=1 SEED=0 bash run/mnist_cnn_ep.sh [flags]
+#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=1 SEEDS="0 1 2" bash run/mnist_cnn_ep.sh [flags]
 #
-# DATA_PATH, EPOCHS, SEED, OUT and the flags passed on: run/mnist_common.sh. The project's own
-# MNIST CNN recipe (symmetric EP, softmax readout, SGD, 5 epochs): run/mnist_14k.sh.
+# DATA_PATH, EPOCHS, SEEDS (or SEED), OUT and the flags passed on: run/mnist_common.sh. The
+# project's own MNIST CNN recipe (symmetric EP, softmax readout, SGD, 5 epochs): run/mnist_14k.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/mnist_common.sh

@@ -5,11 +5,11 @@
 # (no momentum) at 0.0056 / 0.0028 per layer after each of the 15 nudged steps, minibatches of
 # 20, 100 epochs.
 #
-#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=100 SEED=0 bash run/mnist_mlp_cep.sh [flags]
+#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=100 SEEDS="0 1 2" bash run/mnist_mlp_cep.sh [flags]
 #
-# DATA_PATH, EPOCHS, SEED, OUT and the flags passed on: run/mnist_common.sh. Useful flags:
-# --model VFMLP for the vector-field network (C-VF), --cep-debug to print, each epoch, the summed
-# per-step updates of the first minibatch against one-shot EP.
+# DATA_PATH, EPOCHS, SEEDS (or SEED), OUT and the flags passed on: run/mnist_common.sh. Useful
+# flags: --model VFMLP for the vector-field network (C-VF), --cep-debug to print, each epoch, the
+# summed per-step updates of the first minibatch against one-shot EP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/mnist_common.sh

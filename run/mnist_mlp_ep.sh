@@ -4,10 +4,11 @@
 # nudged by the squared error (no softmax readout), one-sided EP at beta 0.1, T1 30 / T2 10,
 # plain SGD (no momentum) at 0.08 / 0.04 per layer, minibatches of 50, 3 epochs.
 #
-#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=3 SEED=0 bash run/mnist_mlp_ep.sh [main_fast.py flags]
+#   DATA_PATH=PATH/TO/mnist-train-14k.npz EPOCHS=3 SEEDS="0 1 2" bash run/mnist_mlp_ep.sh [main_fast.py flags]
 #
-# DATA_PATH, EPOCHS, SEED, OUT and the flags passed on: run/mnist_common.sh. The continual-EP
-# variant: run/mnist_mlp_cep.sh; the CNN: run/mnist_cnn_ep.sh (docs/estimators.md, Recipes).
+# DATA_PATH, EPOCHS, SEEDS (or SEED), OUT and the flags passed on: run/mnist_common.sh. The
+# continual-EP variant: run/mnist_mlp_cep.sh; the CNN: run/mnist_cnn_ep.sh (docs/estimators.md,
+# Recipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source run/mnist_common.sh

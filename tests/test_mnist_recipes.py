@@ -1,6 +1,6 @@
 """run/mnist_mlp_ep.sh, run/mnist_mlp_cep.sh and run/mnist_cnn_ep.sh: each trains with the
 reference's recipe flags (Laborieux et al. 2021's README and check scripts, restated here), with
-DATA_PATH / EPOCHS / SEED / OUT from the environment and the flags given after the recipe's
+DATA_PATH / EPOCHS / SEED(S) / OUT from the environment and the flags given after the recipe's
 winning over them. Each runs for real, shrunk by those flags, on 100 random 28x28 images."""
 
 import json
@@ -63,3 +63,5 @@ def test_mnist_recipe_script_trains_with_the_reference_flags(script, tiny_mnist,
     assert hp["seed"] == 5 and hp["epochs"] == 1 and hp["device"] == "cpu"
     rows = (record.parent / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")  # the header and one trained epoch
+    assert record.is_relative_to(out / "seed_5")  # a folder per seed, then the report over them
+    assert (out / "report" / "summary.csv").is_file()
