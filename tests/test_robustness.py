@@ -467,6 +467,13 @@ def test_step_study_attacks_every_pair_and_the_summary_keeps_the_deployed_one(tm
     assert merged[merged["attack"] == "pgd"].drop(columns="masking_flags").reset_index(
         drop=True).equals(study.drop(columns="masking_flags"))
     assert set(merged[merged["attack"] == "square"]["epsilon"]) == {0.0, 0.2}
+    # a table holding HopSkipJump keeps it when a later call runs other attacks only
+    run(parse_settings([*attack, "--attacks", "hopskipjump", "--hsj-samples", "4",
+                        "--predict-step", "6"]), argv=[])
+    run(parse_settings([*added, "--hsj-samples", "4"]), argv=[])
+    merged = pd.read_csv(run_dir / "attack.csv", keep_default_na=False)
+    assert set(merged["attack"]) == {"pgd", "square", "hopskipjump"}
+    assert not (run_dir / "attack_earlier.csv").exists()
     # other images cannot share one table: the earlier one is set aside, not lost
     run(parse_settings([*added, "--attack-samples", "16"]), argv=[])
     assert pd.read_csv(run_dir / "attack_earlier.csv", keep_default_na=False).equals(merged)

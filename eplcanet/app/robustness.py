@@ -6,8 +6,8 @@ The attacks come from the Adversarial Robustness Toolbox (:mod:`eplcanet.attacks
 attack`` runs :data:`DRIVER_ATTACKS` at every radius, writes the table (``attack.csv``, the
 columns of ``attacks.RESULT_COLUMNS`` plus ``masking_flags``) and the gradient-masking checks
 (``masking_checks.csv``) and prints a warning for each failed check. Rows of an earlier
-``attack.csv`` that the call does not measure again are kept (:func:`with_earlier_rows`). ``--todo corrupt`` measures
-:mod:`eplcanet.corruptions`.
+``attack.csv`` that the call does not measure again are kept (:func:`with_earlier_rows`).
+``--todo corrupt`` measures :mod:`eplcanet.corruptions`.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
         if r.attacks is None or name in r.attacks
     ]
     wanted = r.attacks is None or "hopskipjump" in r.attacks
-    hsj = min(r.hsj_samples, len(pixels)) if wanted else 0
+    hsj_images = min(r.hsj_samples, len(pixels))  # HopSkipJump's subset, run or not
+    hsj = hsj_images if wanted else 0
     decision = [attacks.AttackSpec("hopskipjump", norm, r.pgd_steps, 1, HSJ_EVALS)
                 for norm in epsilons]
     tables = []
@@ -156,7 +157,7 @@ def _run_attacks(cfg: Settings, models, pixels, labels, epsilons, run_dir: Path,
                 model.attack_step, seed=cfg.run.seed, batch_size=cfg.optim.mbs, progress=True,
             ))
     table = with_earlier_rows(pd.concat(tables, ignore_index=True), Path(run_dir) / "attack.csv",
-                              len(pixels), hsj)
+                              len(pixels), hsj_images)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checks = attacks.masking_checks(table)
