@@ -12,8 +12,10 @@
 # --lca_ksize must agree with the LCA-RCNN's). OUT (default ./results/lca_frontend_study):
 # OUT/dictionaries/seed_N.pt (learned once, reused by later calls), OUT/plain/seed_N,
 # OUT/lca/seed_N, each with its own report, and OUT/report over both. MODELS ("plain lca"): the
-# models to train now (the report covers whatever OUT holds). The measured study and the
-# variants it chose from: docs/lcacnn.md.
+# models to train now (the report covers whatever OUT holds). DICT_TRAINING (pretrained): the
+# LCA-RCNN's --dict_training; pretrained codes every image once (--cache-codes), finetune and
+# learn code live, since their dictionary changes. The measured study and the variants it chose
+# from: docs/lcacnn.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_PATH=${DATA_PATH:?set DATA_PATH to the CIFAR-10 .npz file (arrays x (N,32,32,3) uint8, y (N,))}
@@ -23,6 +25,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: fastest 
 source run/seeds_common.sh
 
 MODELS=${MODELS:-plain lca}
+DICT_TRAINING=${DICT_TRAINING:-pretrained}
+case $DICT_TRAINING in
+  pretrained) CACHE=(--cache-codes) ;;
+  finetune|learn) CACHE=() ;;
+  *) echo "error: DICT_TRAINING: unknown mode $DICT_TRAINING; accepted: pretrained finetune learn" >&2
+     exit 2 ;;
+esac
 for model in $MODELS; do
   case $model in
     plain|lca) ;;
@@ -52,7 +61,7 @@ if wanted lca; then
   # shellcheck disable=SC2086  # LCA_FLAGS: a list of flags
   OUT=$STUDY/lca PER_SEED=lca_dict run_seeds lca "${EP[@]}" --model LCACNN --strides 2 1 \
     --pools iim --lca_feats 64 --lca_ksize 9 --lca_stride 2 --lca_lambda 0.1 --lca_iters 100 \
-    --lca-solver fista --dict_training pretrained --code-gain 8 --cache-codes \
+    --lca-solver fista --dict_training "$DICT_TRAINING" --code-gain 8 "${CACHE[@]}" \
     --lca-dict "$STUDY/dictionaries/seed_{seed}.pt" ${LCA_FLAGS:-} "$@"
 fi
 reported=()

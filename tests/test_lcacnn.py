@@ -589,3 +589,34 @@ def test_lca_frontend_study_learns_a_dictionary_per_seed_and_reports_both_models
     models = sorted(c.split("model=")[1].split()[0] for c in set(summary["config"]))
     assert models == ["CNN", "LCACNN"]  # two configurations, not one per seed
     assert (summary["n"] == 2).all()
+
+
+@pytest.mark.slow
+def test_lca_frontend_study_trains_finetune_on_live_codes(tmp_path):
+    """DICT_TRAINING=finetune: the study's LCA-RCNN fine-tunes its per-seed dictionary on live
+    codes (a code cache would freeze the codes the dictionary is learning); an unknown mode is
+    refused before any dictionary is learned."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8),
+             y=np.repeat(np.arange(10), 6))
+    out = tmp_path / "study"
+    atoms = "--lca_feats 4 --lca_ksize 3 --lca_iters 5"
+    env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "2", "OUT": str(out), "MODELS": "lca",
+           "LCA_FLAGS": atoms, "DICT_FLAGS": f"{atoms} --epochs 1 --n-eval 5 --eval-iters 5"}
+    study = ["bash", str(ROOT / "run" / "lca_frontend_study.sh"), "--epochs", "1", "--T1", "2",
+             "--T2", "1", "--channels", "2", "4"]
+    bad = subprocess.run(study, env={**env, "DICT_TRAINING": "frozen"}, capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "DICT_TRAINING: unknown mode frozen" in bad.stderr
+    assert not out.exists()
+    done = subprocess.run(study, env={**env, "DICT_TRAINING": "finetune"}, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (hp,) = (out / "lca" / "seed_2").rglob("hyperparameters.json")
+    hp = json.loads(hp.read_text())
+    assert hp["dict_training"] == "finetune" and hp["cache_codes"] is False
+    (ckpt,) = (out / "lca" / "seed_2").rglob("checkpoint.pt")
+    trained = torch.load(ckpt, weights_only=True)["model"]["coder.weights"]
+    start = load_dictionary(out / "dictionaries" / "seed_2.pt")[0]
+    assert trained.shape == start.shape and not torch.allclose(trained, start)
