@@ -569,8 +569,9 @@ def check_more_effort_never_helps(table: pd.DataFrame, slack: float = 0.01) -> C
 
 def check_black_box_not_better(table: pd.DataFrame, slack: float = 0.01) -> Check:
     """At each (norm, epsilon, relaxation steps), the strongest white-box attack must leave
-    accuracy no higher than the best black-box attack on the same images + ``slack``. A black-box attack sees no
-    gradient; when it does better, the white-box numbers are flagged as masked."""
+    accuracy no higher than the best black-box attack on the same images + ``slack``. A
+    black-box attack sees no gradient; when it does better, the white-box numbers are flagged as
+    masked."""
     _require(table, ["attack", "norm", "epsilon", "accuracy", "predict_step", "attack_step"])
     keys = ["norm", "epsilon", "predict_step", "attack_step"]
     rows, flagged = [], []

@@ -156,12 +156,12 @@ def test_estimator_rows_time_one_training_step_of_each_estimator():
         before = copy.deepcopy(net)
         train()
         moved[name] = [(p - q).detach() for p, q in zip(net.parameters(), before.parameters())]
-        for step in moved[name]:
-            assert torch.isfinite(step).all() and step.abs().max() > 0, name
+        for change in moved[name]:
+            assert torch.isfinite(change).all() and change.abs().max() > 0, name
         if name == "symmetric EP":
             reference_ep(before, x, y, Phases(6, 3, (0.0, 0.1), thirdphase=True))
-            for step, p, lr in zip(moved[name], before.parameters(), [0.5, 0.5, 0.25, 0.25]):
-                torch.testing.assert_close(step, -lr * p.grad, rtol=1e-4, atol=1e-7)
+            for change, p, lr in zip(moved[name], before.parameters(), [0.5, 0.5, 0.25, 0.25]):
+                torch.testing.assert_close(change, -lr * p.grad, rtol=1e-4, atol=1e-7)
     for cep, one_sided in zip(moved["CEP"], moved["one-sided EP"]):
         assert not torch.allclose(cep, one_sided, rtol=1e-3)
     cnn = ["--model", "CNN", "--channels", "2", "3", "--kernels", "5", "5", "--pools", "aa",
