@@ -252,6 +252,15 @@ def test_whitening_sets_what_the_coder_sees_and_survives_a_checkpoint():
     torch.testing.assert_close(fresh.encode(x), white)
     with pytest.raises(ValueError, match="2-channel images needs a kernel"):
         net.set_whitening(kernel[:1, :1], bias[:1])
+    # the one check (sparse.check_whitening) behind the model, the function and the file
+    even = torch.zeros(2, 2, 2, 2)
+    for bad_kernel, bad_bias, message in [(even, bias, "k odd"), (kernel, bias[:1], "a bias"),
+                                          (kernel * float("nan"), bias, "NaN")]:
+        with pytest.raises(ValueError, match=message):
+            net.set_whitening(bad_kernel, bad_bias)
+        with pytest.raises(ValueError, match=message):
+            conv_whiten(x, bad_kernel, bad_bias)
+    torch.testing.assert_close(net.coder_input(x), conv_whiten(x, kernel, bias))  # unchanged
 
 
 # --------------------------------------------------------------------------------- code cache

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..sparse.base import SparseCoder
 from ..sparse.lca import LCAConv2D
-from ..sparse.preproc import conv_whiten, standardise
+from ..sparse.preproc import check_whitening, conv_whiten, standardise
 from ..sparse.pursuit import ConvMP2D
 from .networks import EnergyNet
 
@@ -225,12 +225,7 @@ class LCA_CNN(EnergyNet):
         """Whiten every image before coding with (kernel (C, C, k, k), bias (C,)), the whitening
         its dictionary was learned with (``sparse.fit_conv_whitening``, the dictionary file's
         ``config['whitening']``). Cached codes are dropped."""
-        c = self.image_shape[0]
-        if tuple(kernel.shape[:2]) != (c, c) or kernel.dim() != 4 or tuple(bias.shape) != (c,):
-            raise ValueError(
-                f"the whitening of {c}-channel images needs a kernel ({c}, {c}, k, k) and a bias "
-                f"({c},), got {tuple(kernel.shape)} and {tuple(bias.shape)}"
-            )
+        check_whitening(kernel, bias, self.image_shape[0])
         ref = self.dictionary
         self.whiten_kernel = kernel.detach().to(ref).clone()
         self.whiten_bias = bias.detach().to(ref).clone()

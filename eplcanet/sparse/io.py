@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .preproc import check_whitening
+
 Tensor = torch.Tensor
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -139,14 +141,8 @@ def whitening_from_config(config: dict, channels: int) -> tuple[Tensor, Tensor] 
         bias = torch.tensor(entry["bias"], dtype=torch.float32)
     except (TypeError, KeyError, ValueError) as err:
         raise DictionaryFileError(f"config['whitening'] is malformed: {err}") from err
-    size = kernel.shape[-1] if kernel.dim() == 4 else 0
-    if (kernel.dim() != 4 or tuple(kernel.shape) != (channels, channels, size, size)
-            or size % 2 == 0 or tuple(bias.shape) != (channels,)):
-        raise DictionaryFileError(
-            f"config['whitening'] holds a kernel of shape {tuple(kernel.shape)} and a bias of "
-            f"shape {tuple(bias.shape)}; {channels}-channel images need ({channels}, {channels}, "
-            f"k, k) with k odd and ({channels},)"
-        )
-    if not (bool(torch.isfinite(kernel).all()) and bool(torch.isfinite(bias).all())):
-        raise DictionaryFileError("config['whitening'] contains NaN or Inf")
+    try:
+        check_whitening(kernel, bias, channels)
+    except ValueError as err:
+        raise DictionaryFileError(f"config['whitening']: {err}") from err
     return kernel, bias

@@ -147,15 +147,27 @@ def _patches(images: Tensor, size: int, limit: int | None,
     return patches.permute(0, 3, 1, 2).reshape(limit, channels * size * size)
 
 
+def check_whitening(kernel: Tensor, bias: Tensor, channels: int) -> None:
+    """Raise ValueError unless (kernel, bias) is a ``fit_conv_whitening`` whitening of
+    ``channels``-channel images: kernel (C, C, k, k) with k odd (centred, size-keeping), bias
+    (C,), both finite. The one check behind every way a whitening comes in."""
+    c = channels
+    size = kernel.shape[-1] if kernel.dim() == 4 else 0
+    if (tuple(kernel.shape) != (c, c, size, size) or size % 2 == 0
+            or tuple(bias.shape) != (c,)):
+        raise ValueError(
+            f"the whitening of {c}-channel images needs a kernel ({c}, {c}, k, k) with k odd and "
+            f"a bias ({c},), got {tuple(kernel.shape)} and {tuple(bias.shape)}"
+        )
+    if not (bool(torch.isfinite(kernel).all()) and bool(torch.isfinite(bias).all())):
+        raise ValueError("the whitening kernel or bias contains NaN or Inf")
+
+
 def conv_whiten(batch: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
     """Whitened and again standardised images: standardise(kernel * standardise(batch) + bias)
     for images (N, C, H, W) and a ``fit_conv_whitening`` kernel (C, C, k, k); zero padding keeps
     the size (standardised images are zero on average, so the border sees their mean)."""
-    if kernel.dim() != 4 or kernel.shape[0] != kernel.shape[1] or batch.shape[1] != kernel.shape[1]:
-        raise ValueError(
-            f"a whitening kernel (C, C, k, k) for {batch.shape[1]}-channel images is needed, "
-            f"got shape {tuple(kernel.shape)}"
-        )
+    check_whitening(kernel, bias, batch.shape[1])
     out = F.conv2d(standardise(batch), kernel.to(batch), bias.to(batch),
                    padding=kernel.shape[-1] // 2)
     return standardise(out)
