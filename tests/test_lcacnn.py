@@ -568,23 +568,33 @@ def test_run_script_commands_pass_flag_validation(script, tmp_path):
         _validate_call(argv)
 
 
+def _tiny_frontend_study(tmp_path, n_images, **env):
+    """run/lca_frontend_study.sh on n_images random colour images with atoms, networks and
+    epochs small enough for a test: returns (run it with extra environment, its OUT)."""
+    rng = np.random.default_rng(n_images)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8),
+             y=np.arange(n_images) % 10)
+    out = tmp_path / "study"
+    atoms = "--lca_feats 4 --lca_ksize 3 --lca_iters 5"
+    env = {**os.environ, "DATA_PATH": str(data), "OUT": str(out), "LCA_FLAGS": atoms,
+           "DICT_FLAGS": f"{atoms} --epochs 1 --n-eval 5 --eval-iters 5", **env}
+    study = ["bash", str(ROOT / "run" / "lca_frontend_study.sh"), "--epochs", "1", "--T1", "2",
+             "--T2", "1", "--channels", "2", "4"]
+
+    def run(**more):
+        return subprocess.run(study, env={**env, **more}, capture_output=True, text=True,
+                              check=False)
+    return run, out
+
+
 @pytest.mark.slow
 def test_lca_frontend_study_learns_a_dictionary_per_seed_and_reports_both_models(tmp_path):
     """run/lca_frontend_study.sh on 100 random colour images: one dictionary per seed, each
     seed's LCA-RCNN loads its own, and the report holds plain EP and the LCA-RCNN with both
     seeds each (the per-seed dictionary does not split the configuration)."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
-             y=np.repeat(np.arange(10), 10))
-    out = tmp_path / "study"
-    atoms = "--lca_feats 4 --lca_ksize 3 --lca_iters 5"
-    env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "3 4", "OUT": str(out),
-           "LCA_FLAGS": atoms,
-           "DICT_FLAGS": f"{atoms} --epochs 1 --n-eval 5 --eval-iters 5"}
-    done = subprocess.run(["bash", str(ROOT / "run" / "lca_frontend_study.sh"), "--epochs", "1",
-                           "--T1", "2", "--T2", "1", "--channels", "2", "4"],
-                          env=env, capture_output=True, text=True, check=False)
+    run, out = _tiny_frontend_study(tmp_path, 100, SEEDS="3 4")
+    done = run()
     assert done.returncode == 0, done.stderr[-3000:]
     dicts = [load_dictionary(out / "dictionaries" / f"seed_{s}.pt") for s in (3, 4)]
     assert dicts[0][0].shape == (4, 3, 3, 3)
@@ -605,22 +615,11 @@ def test_lca_frontend_study_trains_finetune_on_live_codes(tmp_path):
     """DICT_TRAINING=finetune: the study's LCA-RCNN fine-tunes its per-seed dictionary on live
     codes (a code cache would freeze the codes the dictionary is learning); an unknown mode is
     refused before any dictionary is learned."""
-    rng = np.random.default_rng(1)
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8),
-             y=np.repeat(np.arange(10), 6))
-    out = tmp_path / "study"
-    atoms = "--lca_feats 4 --lca_ksize 3 --lca_iters 5"
-    env = {**os.environ, "DATA_PATH": str(data), "SEEDS": "2", "OUT": str(out), "MODELS": "lca",
-           "LCA_FLAGS": atoms, "DICT_FLAGS": f"{atoms} --epochs 1 --n-eval 5 --eval-iters 5"}
-    study = ["bash", str(ROOT / "run" / "lca_frontend_study.sh"), "--epochs", "1", "--T1", "2",
-             "--T2", "1", "--channels", "2", "4"]
-    bad = subprocess.run(study, env={**env, "DICT_TRAINING": "frozen"}, capture_output=True,
-                         text=True, check=False)
+    run, out = _tiny_frontend_study(tmp_path, 60, SEEDS="2", MODELS="lca")
+    bad = run(DICT_TRAINING="frozen")
     assert bad.returncode == 2 and "DICT_TRAINING: unknown mode frozen" in bad.stderr
     assert not out.exists()
-    done = subprocess.run(study, env={**env, "DICT_TRAINING": "finetune"}, capture_output=True,
-                          text=True, check=False)
+    done = run(DICT_TRAINING="finetune")
     assert done.returncode == 0, done.stderr[-3000:]
     (hp,) = (out / "lca" / "seed_2").rglob("hyperparameters.json")
     hp = json.loads(hp.read_text())
