@@ -14,8 +14,8 @@
 # OUT/lca/seed_N, each with its own report, and OUT/report over both. MODELS ("plain lca"): the
 # models to train now (the report covers whatever OUT holds). DICT_TRAINING (pretrained): the
 # LCA-RCNN's --dict_training; pretrained codes every image once (--cache-codes), finetune and
-# learn code live, since their dictionary changes. The measured study and the variants it chose
-# from: docs/lcacnn.md.
+# learn code live, since their dictionary changes; learn starts from random atoms, so it learns
+# no dictionary file. The measured study and the variants it chose from: docs/lcacnn.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_PATH=${DATA_PATH:?set DATA_PATH to the CIFAR-10 .npz file (arrays x (N,32,32,3) uint8, y (N,))}
@@ -26,9 +26,11 @@ source run/seeds_common.sh
 
 MODELS=${MODELS:-plain lca}
 DICT_TRAINING=${DICT_TRAINING:-pretrained}
+STUDY_DICT="$STUDY/dictionaries/seed_{seed}.pt"
 case $DICT_TRAINING in
-  pretrained) CACHE=(--cache-codes) ;;
-  finetune|learn) CACHE=() ;;
+  pretrained) MODE_FLAGS=(--cache-codes --lca-dict "$STUDY_DICT") ;;
+  finetune) MODE_FLAGS=(--lca-dict "$STUDY_DICT") ;;
+  learn) MODE_FLAGS=() ;;
   *) echo "error: DICT_TRAINING: unknown mode $DICT_TRAINING; accepted: pretrained finetune learn" >&2
      exit 2 ;;
 esac
@@ -40,7 +42,8 @@ for model in $MODELS; do
 done
 wanted() { [[ " $MODELS " == *" $1 "* ]]; }
 
-if wanted lca; then  # each seed's dictionary, learned once on its own training split
+# each seed's dictionary, learned once on its own training split (learn starts from random atoms)
+if wanted lca && [ "$DICT_TRAINING" != learn ]; then
   for seed in $SEEDS; do
     dict=$STUDY/dictionaries/seed_$seed.pt
     [ -f "$dict" ] && continue
@@ -61,8 +64,8 @@ if wanted lca; then
   # shellcheck disable=SC2086  # LCA_FLAGS: a list of flags
   OUT=$STUDY/lca PER_SEED=lca_dict run_seeds lca "${EP[@]}" --model LCACNN --strides 2 1 \
     --pools iim --lca_feats 64 --lca_ksize 9 --lca_stride 2 --lca_lambda 0.1 --lca_iters 100 \
-    --lca-solver fista --dict_training "$DICT_TRAINING" --code-gain 8 "${CACHE[@]}" \
-    --lca-dict "$STUDY/dictionaries/seed_{seed}.pt" ${LCA_FLAGS:-} "$@"
+    --lca-solver fista --dict_training "$DICT_TRAINING" --code-gain 8 "${MODE_FLAGS[@]}" \
+    ${LCA_FLAGS:-} "$@"
 fi
 reported=()
 for model in plain lca; do [ -d "$STUDY/$model" ] && reported+=("$STUDY/$model"); done

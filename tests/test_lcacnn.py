@@ -611,10 +611,10 @@ def test_lca_frontend_study_learns_a_dictionary_per_seed_and_reports_both_models
 
 
 @pytest.mark.slow
-def test_lca_frontend_study_trains_finetune_on_live_codes(tmp_path):
+def test_lca_frontend_study_trains_finetune_and_learn_on_live_codes(tmp_path):
     """DICT_TRAINING=finetune: the study's LCA-RCNN fine-tunes its per-seed dictionary on live
-    codes (a code cache would freeze the codes the dictionary is learning); an unknown mode is
-    refused before any dictionary is learned."""
+    codes (a code cache would freeze the codes the dictionary is learning); learn starts from
+    random atoms and learns no dictionary file; an unknown mode is refused before any work."""
     run, out = _tiny_frontend_study(tmp_path, 60, SEEDS="2", MODELS="lca")
     bad = run(DICT_TRAINING="frozen")
     assert bad.returncode == 2 and "DICT_TRAINING: unknown mode frozen" in bad.stderr
@@ -628,3 +628,10 @@ def test_lca_frontend_study_trains_finetune_on_live_codes(tmp_path):
     trained = torch.load(ckpt, weights_only=True)["model"]["coder.weights"]
     start = load_dictionary(out / "dictionaries" / "seed_2.pt")[0]
     assert trained.shape == start.shape and not torch.allclose(trained, start)
+    learn = run(DICT_TRAINING="learn", OUT=str(tmp_path / "learn"))
+    assert learn.returncode == 0, learn.stderr[-3000:]
+    assert not (tmp_path / "learn" / "dictionaries").exists()
+    (hp,) = (tmp_path / "learn" / "lca" / "seed_2").rglob("hyperparameters.json")
+    hp = json.loads(hp.read_text())
+    assert hp["dict_training"] == "learn" and hp["cache_codes"] is False
+    assert "seed_" not in hp["lca_dict"]  # no per-seed file named
