@@ -455,7 +455,9 @@ def test_cached_codes_give_the_run_of_recomputed_codes(tmp_path):
 def test_evaluating_a_cached_run_codes_the_test_split_only(tmp_path, capsys):
     file = _digits_dictionary(tmp_path / "digits_dict.pt")
     trained, run_dir, argv = _train(tmp_path, ["--lca-dict", str(file), "--cache-codes"])
-    assert "cached the codes of 1797 images" in capsys.readouterr().out  # train, val, test
+    out = capsys.readouterr().out
+    assert "coding the 1797 images of the train, val, test split(s) once" in out
+    assert "cached the codes of 1797 images" in out  # train, val, test
     ev = argv + ["--todo", "evaluate", "--load-path", str(run_dir)]
     cached = run(parse_settings(ev), ev)
     assert "cached the codes of 359 images" in capsys.readouterr().out  # the test split

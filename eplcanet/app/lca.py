@@ -126,6 +126,10 @@ def prepare_code_cache(cfg: Settings, net, splits, device) -> None:
         return
     t0 = time.perf_counter()
     net.enable_code_cache()
+    # the bars show on a terminal only; a log file gets this line before minutes of coding
+    total = sum(len(getattr(splits, name)) for name in names)
+    print(f"coding the {total} images of the {', '.join(names)} split(s) once (--cache-codes)",
+          flush=True)
     for name in names:
         loader = make_loader(getattr(splits, name), cfg.optim.mbs, shuffle=False)
         batches = (x.to(device) for x, _ in loader)
